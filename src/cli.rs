@@ -1,0 +1,677 @@
+//! The `triage` command line: argument definitions and one function per subcommand. Turns
+//! arguments, files and stdin into analyser and router inputs, and decisions into text or JSON.
+//! Policy lives in `analyze` and `route`; this module only plumbs.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use crate::analyze::{model, Analysis, Analyzer, Query};
+use crate::config::{self, Config, Tier};
+use crate::eval;
+use crate::route::{self, Decision, Force};
+use crate::vram::{GpuMemory, LoadedModel, Snapshot};
+
+/// How a command failed, which decides the exit code.
+#[derive(Debug)]
+pub enum Failure {
+    /// Bad arguments, input or configuration: exit code 2.
+    Usage(String),
+    /// The request itself failed: exit code 1.
+    Request(String),
+}
+
+impl Failure {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Usage(_) => 2,
+            Failure::Request(_) => 1,
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            Failure::Usage(m) | Failure::Request(m) => m,
+        }
+    }
+}
+
+fn usage(message: impl std::fmt::Display) -> Failure {
+    Failure::Usage(message.to_string())
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "triage", version, about = "Routes each editor request to the right local model", long_about = None)]
+pub struct Cli {
+    /// Configuration file (TOML). Default: $TRIAGE_CONFIG, else <config dir>/triage/config.toml.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log level (error, warn, info, debug, trace); RUST_LOG takes precedence.
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Write logs to this file instead of stderr.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the routing decision for a prompt; no model is called.
+    Route(RouteArgs),
+    /// Measure routing accuracy on labelled JSON Lines.
+    Eval(EvalArgs),
+    /// Rebuild the router's model from labelled data (for developers of triage).
+    Train(TrainArgs),
+}
+
+/// Simulated GPU state, overriding what the monitor would read.
+#[derive(Debug, Clone, Args, Default)]
+pub struct GpuArgs {
+    /// Total VRAM in MB.
+    #[arg(long, value_name = "N")]
+    pub vram_total_mb: Option<u64>,
+    /// Free VRAM in MB.
+    #[arg(long, value_name = "N")]
+    pub vram_free_mb: Option<u64>,
+    /// Models already loaded, comma-separated.
+    #[arg(long, value_name = "MODEL[,MODEL…]", value_delimiter = ',')]
+    pub loaded: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RouteArgs {
+    /// The prompt; `-` reads it from stdin.
+    #[arg(required_unless_present = "jsonl")]
+    pub prompt: Option<String>,
+    /// One decision per input line of FILE (`-` for stdin): {"id"?, "prompt", "selection"?, "language"?}.
+    #[arg(long, value_name = "FILE", conflicts_with = "prompt")]
+    pub jsonl: Option<String>,
+    /// Print the decision as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// A file whose text is the editor selection.
+    #[arg(long, value_name = "FILE")]
+    pub selection_file: Option<PathBuf>,
+    /// LSP languageId of the selection (rust, python, shellscript, …).
+    #[arg(long, value_name = "ID")]
+    pub language: Option<String>,
+    /// Force a tier (fast, coder, heavy).
+    #[arg(long, value_name = "TIER")]
+    pub tier: Option<String>,
+    /// Force a model by name.
+    #[arg(long, value_name = "MODEL")]
+    pub model: Option<String>,
+    #[command(flatten)]
+    pub gpu: GpuArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Labelled JSON Lines: the route input plus "tier".
+    pub file: String,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Instead of the built-in model, k-fold cross-validate: train on k-1 folds of FILE (plus
+    /// --train files) and test on the held-out fold.
+    #[arg(long, value_name = "K")]
+    pub cv: Option<usize>,
+    /// Training data: with --cv, added to every fold's training part; without, a fresh model
+    /// trained on these files alone is tested on FILE.
+    #[arg(long = "train", value_name = "FILE")]
+    pub train_files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub options: TrainingFlags,
+    #[command(flatten)]
+    pub gpu: GpuArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Labelled JSON Lines files. Default: every data/routing/*.jsonl except holdout files.
+    pub files: Vec<PathBuf>,
+    /// Where to write the model.
+    #[arg(long, default_value = "src/analyze/router.bin")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub options: TrainingFlags,
+}
+
+/// Optimiser settings for `train` and `eval --cv`; the defaults are the shipped model's.
+#[derive(Debug, Clone, Args)]
+pub struct TrainingFlags {
+    /// Passes over the training data.
+    #[arg(long, hide_short_help = true)]
+    pub epochs: Option<usize>,
+    /// AdaGrad learning rate.
+    #[arg(long, hide_short_help = true)]
+    pub learning_rate: Option<f32>,
+    /// L2 regularisation per update.
+    #[arg(long, hide_short_help = true)]
+    pub l2: Option<f32>,
+}
+
+impl TrainingFlags {
+    fn options(&self) -> model::TrainOptions {
+        let d = model::TrainOptions::default();
+        model::TrainOptions {
+            epochs: self.epochs.unwrap_or(d.epochs),
+            learning_rate: self.learning_rate.unwrap_or(d.learning_rate),
+            l2: self.l2.unwrap_or(d.l2),
+        }
+    }
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Route(args) => {
+            let config = load_config(cli.config)?;
+            route_command(&config, args)
+        }
+        Command::Eval(args) => {
+            let config = load_config(cli.config)?;
+            eval_command(&config, args)
+        }
+        Command::Train(args) => train_command(args),
+    }
+}
+
+fn load_config(explicit: Option<PathBuf>) -> Result<Config, Failure> {
+    config::load(&config::Sources::from_env(explicit)).map_err(usage)
+}
+
+fn analyzer() -> Result<Analyzer, Failure> {
+    Analyzer::builtin().map_err(|e| Failure::Request(e.to_string()))
+}
+
+impl GpuArgs {
+    /// The simulated snapshot; "no GPU seen" unless a VRAM size is given.
+    fn snapshot(&self, config: &Config) -> Result<Snapshot, Failure> {
+        let gpu = match (self.vram_total_mb, self.vram_free_mb) {
+            (None, None) => None,
+            (Some(total), None) => Some(GpuMemory {
+                total_mb: total,
+                free_mb: total,
+            }),
+            (None, Some(free)) => Some(GpuMemory {
+                total_mb: free,
+                free_mb: free,
+            }),
+            (Some(total), Some(free)) if free > total => {
+                return Err(usage(format!(
+                    "--vram-free-mb ({free}) cannot exceed --vram-total-mb ({total})"
+                )))
+            }
+            (Some(total), Some(free)) => Some(GpuMemory {
+                total_mb: total,
+                free_mb: free,
+            }),
+        };
+        let loaded = self
+            .loaded
+            .iter()
+            .map(|name| name.trim())
+            .filter(|name| !name.is_empty())
+            .map(|name| {
+                // A configured tier's model is as large as its config says; others are unknown.
+                let size_mb = Tier::ALL
+                    .into_iter()
+                    .map(|t| config.tier(t))
+                    .find(|t| t.model == name)
+                    .map_or(0, |t| t.vram_mb);
+                LoadedModel {
+                    name: name.to_string(),
+                    size_mb,
+                    vram_mb: size_mb,
+                }
+            })
+            .collect();
+        Ok(Snapshot { gpu, loaded })
+    }
+}
+
+fn read_input(source: &str) -> Result<Vec<u8>, Failure> {
+    if source == "-" {
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut bytes)
+            .map_err(|e| usage(format!("cannot read stdin: {e}")))?;
+        Ok(bytes)
+    } else {
+        std::fs::read(source).map_err(|e| usage(format!("cannot read {source}: {e}")))
+    }
+}
+
+fn utf8(bytes: Vec<u8>, what: &str) -> Result<String, Failure> {
+    String::from_utf8(bytes).map_err(|e| {
+        usage(format!(
+            "{what} is not valid UTF-8 (first bad byte at offset {}): convert it to UTF-8 first",
+            e.utf8_error().valid_up_to()
+        ))
+    })
+}
+
+fn route_command(config: &Config, args: RouteArgs) -> Result<(), Failure> {
+    let snapshot = args.gpu.snapshot(config)?;
+    let force = Force {
+        tier: args
+            .tier
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(usage)?,
+        model: args.model.clone(),
+    };
+    let analyzer = analyzer()?;
+    if let Some(source) = &args.jsonl {
+        return route_jsonl(config, &snapshot, &force, &analyzer, source);
+    }
+    let prompt = match args.prompt.as_deref() {
+        Some("-") => utf8(read_input("-")?, "stdin")?,
+        Some(p) => p.to_string(),
+        None => return Err(usage("give a PROMPT, `-` for stdin, or --jsonl FILE")),
+    };
+    let selection = match &args.selection_file {
+        Some(path) => Some(utf8(
+            read_input(&path.to_string_lossy())?,
+            &path.display().to_string(),
+        )?),
+        None => None,
+    };
+    let query = Query {
+        prompt: &prompt,
+        selection: selection.as_deref(),
+        language_id: args.language.as_deref(),
+        action: None,
+    };
+    let analysis = analyzer.analyze(&query).map_err(usage)?;
+    let decision = route::route(config, &snapshot, &analysis, &force).map_err(usage)?;
+    let mut out = std::io::stdout().lock();
+    let text = if args.json {
+        decision_json(None, &decision, &analysis, config).to_string()
+    } else {
+        render_decision(&decision, &analysis, config)
+    };
+    writeln!(out, "{text}").map_err(|e| Failure::Request(format!("cannot write to stdout: {e}")))
+}
+
+fn route_jsonl(
+    config: &Config,
+    snapshot: &Snapshot,
+    force: &Force,
+    analyzer: &Analyzer,
+    source: &str,
+) -> Result<(), Failure> {
+    let bytes = read_input(source)?;
+    let (lines, mut errors) = eval::parse_jsonl(&bytes);
+    let mut results: Vec<(usize, serde_json::Value)> = Vec::with_capacity(lines.len());
+    for line in &lines {
+        let r = &line.record;
+        let query = Query {
+            prompt: &r.prompt,
+            selection: r.selection.as_deref(),
+            language_id: r.language.as_deref(),
+            action: None,
+        };
+        let decided = analyzer
+            .analyze(&query)
+            .map_err(|e| e.to_string())
+            .and_then(|a| {
+                route::route(config, snapshot, &a, force)
+                    .map(|d| (a, d))
+                    .map_err(|e| e.to_string())
+            });
+        match decided {
+            Ok((analysis, decision)) => {
+                results.push((
+                    line.number,
+                    decision_json(r.id.as_deref(), &decision, &analysis, config),
+                ));
+            }
+            Err(message) => errors.push(eval::LineError {
+                line: line.number,
+                message,
+            }),
+        }
+    }
+    // Errors are also emitted in place, so the output keeps one line per input line.
+    for e in &errors {
+        results.push((e.line, json!({"line": e.line, "error": e.message})));
+    }
+    results.sort_by_key(|(n, _)| *n);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for (_, value) in &results {
+        writeln!(out, "{value}")
+            .map_err(|e| Failure::Request(format!("cannot write to stdout: {e}")))?;
+    }
+    out.flush()
+        .map_err(|e| Failure::Request(format!("cannot write to stdout: {e}")))?;
+    if errors.is_empty() {
+        return Ok(());
+    }
+    errors.sort_by_key(|e| e.line);
+    let listed: Vec<String> = errors.iter().map(|e| format!("{source}: {e}")).collect();
+    Err(usage(format!(
+        "{} of {} lines could not be routed (the others were):\n{}",
+        errors.len(),
+        errors.len() + results.len() - errors.len(),
+        listed.join("\n")
+    )))
+}
+
+fn decision_json(
+    id: Option<&str>,
+    d: &Decision,
+    a: &Analysis,
+    config: &Config,
+) -> serde_json::Value {
+    let mut value = json!({
+        "tier": d.tier,
+        "model": d.model,
+        "endpoint": d.endpoint,
+        "url": config.endpoints.get(&d.endpoint).map(|e| e.url.as_str()),
+        "confidence": round3(d.confidence),
+        "reasons": d.reasons,
+        "warning": d.warning,
+        "fallbacks": d.fallbacks,
+        "analysis": {
+            "language": a.language,
+            "intent": a.intent,
+            "shell": a.shell,
+            "code": a.code,
+            "error_output": a.error_output,
+            "complexity": round3(a.complexity),
+            "tokens": a.tokens,
+            "scores": {
+                "fast": round3(a.scores.fast),
+                "coder": round3(a.scores.coder),
+                "heavy": round3(a.scores.heavy),
+            },
+        },
+    });
+    if let (Some(id), Some(map)) = (id, value.as_object_mut()) {
+        map.insert("id".to_string(), json!(id));
+    }
+    value
+}
+
+fn round3(x: f32) -> f64 {
+    (x as f64 * 1000.0).round() / 1000.0
+}
+
+fn render_decision(d: &Decision, a: &Analysis, config: &Config) -> String {
+    let url = config
+        .endpoints
+        .get(&d.endpoint)
+        .map(|e| e.url.as_str())
+        .unwrap_or("?");
+    let mut s =
+        format!(
+        "{} → {} on {} ({url})\nconfidence {:.2} · intent {:?} · complexity {:.2} · {} tokens{}\n",
+        d.tier,
+        d.model,
+        d.endpoint,
+        d.confidence,
+        a.intent,
+        a.complexity,
+        a.tokens.prompt + a.tokens.selection,
+        if a.tokens.estimated { " (estimate)" } else { "" },
+    );
+    if let Some(w) = &d.warning {
+        s.push_str(&format!("warning: {w}\n"));
+    }
+    s.push_str("reasons:\n");
+    for r in &d.reasons {
+        s.push_str(&format!("  - {r}\n"));
+    }
+    if !d.fallbacks.is_empty() {
+        let chain: Vec<String> = d
+            .fallbacks
+            .iter()
+            .map(|c| format!("{} ({} on {})", c.tier, c.model, c.endpoint))
+            .collect();
+        s.push_str(&format!("fallbacks: {}\n", chain.join(" → ")));
+    }
+    s.trim_end().to_string()
+}
+
+/// A line with its label.
+type Labelled = (eval::Line, Tier);
+
+/// Labelled lines of a file, and the lines that could not be used.
+fn labelled(source: &str) -> Result<(Vec<Labelled>, Vec<eval::LineError>), Failure> {
+    let bytes = read_input(source)?;
+    let (lines, mut errors) = eval::parse_jsonl(&bytes);
+    let mut out = Vec::with_capacity(lines.len());
+    for line in lines {
+        match eval::label(&line) {
+            Ok(tier) => out.push((line, tier)),
+            Err(e) => errors.push(e),
+        }
+    }
+    errors.sort_by_key(|e| e.line);
+    Ok((out, errors))
+}
+
+fn line_id(line: &eval::Line) -> String {
+    line.record
+        .id
+        .clone()
+        .unwrap_or_else(|| format!("line {}", line.number))
+}
+
+fn query_of(record: &eval::Record) -> Query<'_> {
+    Query {
+        prompt: &record.prompt,
+        selection: record.selection.as_deref(),
+        language_id: record.language.as_deref(),
+        action: None,
+    }
+}
+
+fn model_input(record: &eval::Record) -> model::Input<'_> {
+    model::Input {
+        prompt: &record.prompt,
+        selection: record.selection.as_deref(),
+        language_id: record.language.as_deref(),
+    }
+}
+
+fn example((line, tier): &Labelled) -> model::Example<'_> {
+    model::Example {
+        input: model_input(&line.record),
+        tier: *tier,
+    }
+}
+
+fn eval_command(config: &Config, args: EvalArgs) -> Result<(), Failure> {
+    let snapshot = args.gpu.snapshot(config)?;
+    let (lines, errors) = labelled(&args.file)?;
+    for e in &errors {
+        eprintln!("{}: {e}", args.file);
+    }
+    let extra: Vec<Labelled> = args
+        .train_files
+        .iter()
+        .map(|p| labelled(&p.to_string_lossy()).map(|(l, _)| l))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    let options = args.options.options();
+    let outcomes = match args.cv {
+        None if extra.is_empty() => predict_all(config, &snapshot, &analyzer()?, &lines),
+        None => {
+            let examples: Vec<model::Example> = extra.iter().map(example).collect();
+            let analyzer = Analyzer::with_model(model::train(&examples, options, 0));
+            predict_all(config, &snapshot, &analyzer, &lines)
+        }
+        Some(k) => {
+            if !(2..=lines.len().max(2)).contains(&k) {
+                return Err(usage(format!(
+                    "--cv needs between 2 and {} folds",
+                    lines.len().max(2)
+                )));
+            }
+            cross_validate(config, &snapshot, &lines, &extra, k, options)
+        }
+    };
+    let report = eval::report(&outcomes);
+    let text = if args.json {
+        serde_json::to_string_pretty(&report).unwrap_or_default()
+    } else {
+        let header = match (args.cv, args.train_files.len()) {
+            (Some(k), _) => format!("{k}-fold cross-validation on {}\n", args.file),
+            (None, 0) => format!("built-in model on {}\n", args.file),
+            (None, n) => format!(
+                "model trained on {n} given files, tested on {}\n",
+                args.file
+            ),
+        };
+        header + &report.render()
+    };
+    println!("{text}");
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(usage(format!(
+            "{} lines of {} were skipped (see above)",
+            errors.len(),
+            args.file
+        )))
+    }
+}
+
+fn predict_all(
+    config: &Config,
+    snapshot: &Snapshot,
+    analyzer: &Analyzer,
+    lines: &[Labelled],
+) -> Vec<eval::Outcome> {
+    lines
+        .iter()
+        .map(|(line, expected)| {
+            let got = analyzer
+                .analyze(&query_of(&line.record))
+                .ok()
+                .and_then(|a| route::route(config, snapshot, &a, &Force::default()).ok())
+                .map(|d| d.tier);
+            eval::Outcome {
+                id: line_id(line),
+                expected: *expected,
+                // A request that cannot be routed counts as wrong.
+                got: got.unwrap_or(match expected {
+                    Tier::Fast => Tier::Heavy,
+                    _ => Tier::Fast,
+                }),
+            }
+        })
+        .collect()
+}
+
+fn cross_validate(
+    config: &Config,
+    snapshot: &Snapshot,
+    lines: &[Labelled],
+    extra: &[Labelled],
+    k: usize,
+    options: model::TrainOptions,
+) -> Vec<eval::Outcome> {
+    let fold_of = eval::folds(lines.len(), k);
+    let mut outcomes = Vec::with_capacity(lines.len());
+    for fold in 0..k {
+        let examples: Vec<model::Example> = lines
+            .iter()
+            .zip(&fold_of)
+            .filter(|(_, f)| **f != fold)
+            .map(|(l, _)| l)
+            .chain(extra)
+            .map(example)
+            .collect();
+        let analyzer = Analyzer::with_model(model::train(&examples, options, 0));
+        let held_out: Vec<Labelled> = lines
+            .iter()
+            .zip(&fold_of)
+            .filter(|(_, f)| **f == fold)
+            .map(|(l, _)| l.clone())
+            .collect();
+        outcomes.extend(predict_all(config, snapshot, &analyzer, &held_out));
+    }
+    outcomes
+}
+
+/// The default training files: `data/routing/*.jsonl` without holdout sets, sorted.
+pub fn default_training_files(dir: &Path) -> Result<Vec<PathBuf>, Failure> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| usage(format!("cannot list {}: {e}", dir.display())))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .filter(|p| {
+            !p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("holdout"))
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Fingerprint of training data as the shipped model records it: the feature version and the
+/// files' bytes.
+pub fn training_fingerprint(contents: &[Vec<u8>]) -> u64 {
+    let version = model::FEATURES_VERSION.to_le_bytes();
+    let mut parts: Vec<&[u8]> = vec![&version];
+    parts.extend(contents.iter().map(Vec::as_slice));
+    eval::fingerprint(&parts)
+}
+
+fn train_command(args: TrainArgs) -> Result<(), Failure> {
+    let files = if args.files.is_empty() {
+        default_training_files(Path::new("data/routing"))?
+    } else {
+        args.files
+    };
+    let mut contents = Vec::new();
+    for f in &files {
+        contents.push(
+            std::fs::read(f).map_err(|e| usage(format!("cannot read {}: {e}", f.display())))?,
+        );
+    }
+    let mut lines = Vec::new();
+    for (path, bytes) in files.iter().zip(&contents) {
+        let (parsed, errors) = eval::parse_jsonl(bytes);
+        if let Some(e) = errors.first() {
+            return Err(usage(format!("{}: {e}", path.display())));
+        }
+        for line in parsed {
+            let tier = eval::label(&line).map_err(|e| usage(format!("{}: {e}", path.display())))?;
+            lines.push((line, tier));
+        }
+    }
+    let examples: Vec<model::Example> = lines
+        .iter()
+        .map(|(line, tier)| model::Example {
+            input: model_input(&line.record),
+            tier: *tier,
+        })
+        .collect();
+    let trained = model::train(
+        &examples,
+        args.options.options(),
+        training_fingerprint(&contents),
+    );
+    std::fs::write(&args.out, trained.to_bytes())
+        .map_err(|e| usage(format!("cannot write {}: {e}", args.out.display())))?;
+    eprintln!(
+        "trained on {} examples from {} files; wrote {} (rebuild triage to use it)",
+        examples.len(),
+        files.len(),
+        args.out.display()
+    );
+    Ok(())
+}

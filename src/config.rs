@@ -1,0 +1,674 @@
+//! Settings: the three tiers and their models, the endpoints that serve them, VRAM headroom and
+//! warning thresholds, and per-tier timeouts.
+//!
+//! Works with no file at all (built-in defaults, one Ollama endpoint moved by `OLLAMA_HOST`
+//! exactly as Ollama's CLI reads it). A TOML file, or the same schema as JSON from an LSP client,
+//! overrides any part. Everything is validated here, once, with errors that name the key and the
+//! fix; later stages trust a `Config`. This module does not read the GPU or talk to endpoints.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The three model tiers, cheapest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    Fast,
+    Coder,
+    Heavy,
+}
+
+impl Tier {
+    pub const ALL: [Tier; 3] = [Tier::Fast, Tier::Coder, Tier::Heavy];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Fast => "fast",
+            Tier::Coder => "coder",
+            Tier::Heavy => "heavy",
+        }
+    }
+
+    /// Position in `Tier::ALL` (and in score arrays).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Tier {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Tier, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "fast" => Ok(Tier::Fast),
+            "coder" => Ok(Tier::Coder),
+            "heavy" => Ok(Tier::Heavy),
+            other => Err(format!(
+                "unknown tier `{other}`: use one of fast, coder, heavy"
+            )),
+        }
+    }
+}
+
+/// The wire dialect of an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointKind {
+    /// Ollama's native `/api/*`.
+    Ollama,
+    /// OpenAI-compatible `/v1/*` (llama.cpp, vLLM, LM Studio, Ollama's `/v1`).
+    Openai,
+}
+
+/// A model server.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Endpoint {
+    pub kind: EndpointKind,
+    /// For `openai`, the base URL including `/v1`, as OpenAI clients take it.
+    pub url: url::Url,
+    /// Name of the environment variable holding a bearer key; the key itself never enters the
+    /// config or a log.
+    pub api_key_env: Option<String>,
+}
+
+/// Timeouts of one tier, in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    pub connect_s: f64,
+    /// Long enough for a cold load of the model.
+    pub first_token_s: f64,
+    /// The longest gap allowed between two chunks of a stream.
+    pub idle_s: f64,
+    pub total_s: f64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect_s: 3.0,
+            first_token_s: 60.0,
+            idle_s: 30.0,
+            total_s: 600.0,
+        }
+    }
+}
+
+/// One tier's model and where it runs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TierConfig {
+    pub model: String,
+    /// Endpoint names, tried in order.
+    pub endpoints: Vec<String>,
+    /// VRAM the model needs when loaded, in MB.
+    pub vram_mb: u64,
+    /// Ollama `keep_alive` (e.g. "30m", "-1" to keep resident).
+    pub keep_alive: String,
+    pub timeouts: Timeouts,
+    pub enabled: bool,
+}
+
+/// VRAM policy.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VramConfig {
+    /// Memory kept free beyond a model's own need before it counts as fitting.
+    pub headroom_mb: u64,
+    /// Used share (percent) from which the status level is `warn`.
+    pub warn_percent: f64,
+    /// Used share (percent) from which the status level is `critical`.
+    pub critical_percent: f64,
+}
+
+impl Default for VramConfig {
+    fn default() -> Self {
+        VramConfig {
+            headroom_mb: 1024,
+            warn_percent: 85.0,
+            critical_percent: 95.0,
+        }
+    }
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    pub endpoints: BTreeMap<String, Endpoint>,
+    pub tiers: BTreeMap<Tier, TierConfig>,
+    pub vram: VramConfig,
+}
+
+impl Config {
+    /// The tier's settings. Every tier is present after validation (possibly disabled).
+    pub fn tier(&self, tier: Tier) -> &TierConfig {
+        // Invariant of `build`: all three tiers are inserted.
+        &self.tiers[&tier]
+    }
+
+    /// Enabled tiers, cheapest first.
+    pub fn enabled_tiers(&self) -> impl Iterator<Item = Tier> + '_ {
+        Tier::ALL.into_iter().filter(|t| self.tier(*t).enabled)
+    }
+}
+
+/// What went wrong with a configuration; the message names the key and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}: {source}. Check the path given by --config or $TRIAGE_CONFIG")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the config file {path} is not valid: {message}")]
+    Parse { path: String, message: String },
+    #[error("`{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+/// The file schema: every field optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    endpoints: BTreeMap<String, RawEndpoint>,
+    #[serde(default)]
+    tiers: RawTiers,
+    #[serde(default)]
+    vram: Option<VramConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEndpoint {
+    kind: Option<EndpointKind>,
+    url: String,
+    api_key_env: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTiers {
+    fast: Option<RawTier>,
+    coder: Option<RawTier>,
+    heavy: Option<RawTier>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTier {
+    model: Option<String>,
+    endpoint: Option<OneOrMany>,
+    vram_mb: Option<u64>,
+    keep_alive: Option<String>,
+    timeouts: Option<Timeouts>,
+    enabled: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Name of the built-in endpoint.
+pub const DEFAULT_ENDPOINT: &str = "ollama";
+
+/// Where a configuration comes from, besides the built-in defaults.
+#[derive(Debug, Default, Clone)]
+pub struct Sources {
+    /// `--config FILE`: must exist.
+    pub explicit_file: Option<PathBuf>,
+    /// `$TRIAGE_CONFIG`: must exist when set.
+    pub env_file: Option<PathBuf>,
+    /// `$OLLAMA_HOST`.
+    pub ollama_host: Option<String>,
+}
+
+impl Sources {
+    /// Reads the variables this module cares about from the process environment.
+    pub fn from_env(explicit_file: Option<PathBuf>) -> Sources {
+        Sources {
+            explicit_file,
+            env_file: std::env::var_os("TRIAGE_CONFIG")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
+            ollama_host: std::env::var("OLLAMA_HOST").ok(),
+        }
+    }
+}
+
+/// The user's config file: `<config dir>/triage/config.toml`.
+pub fn user_config_path() -> Option<PathBuf> {
+    dirs::config_dir().map(|d| d.join("triage").join("config.toml"))
+}
+
+/// Loads the configuration: `--config`, else `$TRIAGE_CONFIG`, else the user's config file if it
+/// exists, else built-in defaults alone.
+pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+    let path = match (&sources.explicit_file, &sources.env_file) {
+        (Some(p), _) | (None, Some(p)) => Some(p.clone()),
+        (None, None) => user_config_path().filter(|p| p.is_file()),
+    };
+    let text = match &path {
+        Some(p) => Some(
+            std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.clone(),
+                source,
+            })?,
+        ),
+        None => None,
+    };
+    let name = path.as_deref().map(Path::display).map(|d| d.to_string());
+    from_toml(
+        text.as_deref().unwrap_or(""),
+        name.as_deref().unwrap_or("(defaults)"),
+        sources.ollama_host.as_deref(),
+    )
+}
+
+/// Builds a configuration from TOML text over the defaults.
+pub fn from_toml(
+    text: &str,
+    origin: &str,
+    ollama_host: Option<&str>,
+) -> Result<Config, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: origin.to_string(),
+        message: e.to_string().trim().replace('\n', " "),
+    })?;
+    build(raw, ollama_host)
+}
+
+/// Builds a configuration from JSON (LSP `initializationOptions`), same schema as the file.
+pub fn from_json(
+    value: &serde_json::Value,
+    ollama_host: Option<&str>,
+) -> Result<Config, ConfigError> {
+    let raw: RawConfig = serde_json::from_value(value.clone()).map_err(|e| ConfigError::Parse {
+        path: "initializationOptions".to_string(),
+        message: e.to_string(),
+    })?;
+    build(raw, ollama_host)
+}
+
+/// The built-in configuration, with `OLLAMA_HOST` applied (which can be malformed).
+pub fn defaults(ollama_host: Option<&str>) -> Result<Config, ConfigError> {
+    build(RawConfig::default(), ollama_host)
+}
+
+fn default_tier(tier: Tier) -> TierConfig {
+    let (model, vram_mb, keep_alive, first_token_s) = match tier {
+        // The fast tier stays resident: it answers most requests and reloading costs seconds.
+        Tier::Fast => ("llama3.2:3b", 2_500, "-1", 30.0),
+        Tier::Coder => ("qwen3-coder:30b", 18_000, "30m", 90.0),
+        Tier::Heavy => ("llama3.1:70b", 42_000, "10m", 180.0),
+    };
+    TierConfig {
+        model: model.to_string(),
+        endpoints: vec![DEFAULT_ENDPOINT.to_string()],
+        vram_mb,
+        keep_alive: keep_alive.to_string(),
+        timeouts: Timeouts {
+            first_token_s,
+            ..Timeouts::default()
+        },
+        enabled: true,
+    }
+}
+
+fn build(raw: RawConfig, ollama_host: Option<&str>) -> Result<Config, ConfigError> {
+    let mut endpoints = BTreeMap::new();
+    endpoints.insert(
+        DEFAULT_ENDPOINT.to_string(),
+        Endpoint {
+            kind: EndpointKind::Ollama,
+            url: ollama_host_url(ollama_host.unwrap_or(""))?,
+            api_key_env: None,
+        },
+    );
+    for (name, e) in raw.endpoints {
+        let key = format!("endpoints.{name}.url");
+        let url = parse_url(&e.url, &key)?;
+        if let Some(var) = &e.api_key_env {
+            if var.is_empty() || var.contains(['=', '\0']) {
+                return Err(invalid(
+                    format!("endpoints.{name}.api_key_env"),
+                    "must be the name of an environment variable, e.g. \"VLLM_API_KEY\" (never the key itself)",
+                ));
+            }
+        }
+        endpoints.insert(
+            name,
+            Endpoint {
+                kind: e.kind.unwrap_or(EndpointKind::Ollama),
+                url,
+                api_key_env: e.api_key_env,
+            },
+        );
+    }
+
+    let mut tiers = BTreeMap::new();
+    let raw_tiers = [
+        (Tier::Fast, raw.tiers.fast),
+        (Tier::Coder, raw.tiers.coder),
+        (Tier::Heavy, raw.tiers.heavy),
+    ];
+    for (tier, raw_tier) in raw_tiers {
+        let mut t = default_tier(tier);
+        if let Some(r) = raw_tier {
+            if let Some(model) = r.model {
+                if model.trim().is_empty() {
+                    return Err(invalid(
+                        format!("tiers.{tier}.model"),
+                        "must name a model, e.g. \"llama3.2:3b\"",
+                    ));
+                }
+                t.model = model.trim().to_string();
+            }
+            if let Some(e) = r.endpoint {
+                t.endpoints = match e {
+                    OneOrMany::One(name) => vec![name],
+                    OneOrMany::Many(names) => names,
+                };
+            }
+            if let Some(v) = r.vram_mb {
+                t.vram_mb = v;
+            }
+            if let Some(k) = r.keep_alive {
+                t.keep_alive = k;
+            }
+            if let Some(timeouts) = r.timeouts {
+                t.timeouts = timeouts;
+            }
+            if let Some(enabled) = r.enabled {
+                t.enabled = enabled;
+            }
+        }
+        validate_tier(tier, &t, &endpoints)?;
+        tiers.insert(tier, t);
+    }
+    if !tiers.values().any(|t| t.enabled) {
+        return Err(invalid(
+            "tiers",
+            "every tier is disabled: enable at least one (`enabled = true`)",
+        ));
+    }
+    let vram = raw.vram.unwrap_or_default();
+    for (key, value) in [
+        ("vram.warn_percent", vram.warn_percent),
+        ("vram.critical_percent", vram.critical_percent),
+    ] {
+        if !(0.0..=100.0).contains(&value) {
+            return Err(invalid(key, "must be a percentage between 0 and 100"));
+        }
+    }
+    if vram.warn_percent > vram.critical_percent {
+        return Err(invalid(
+            "vram.warn_percent",
+            "must not be above vram.critical_percent",
+        ));
+    }
+    Ok(Config {
+        endpoints,
+        tiers,
+        vram,
+    })
+}
+
+fn validate_tier(
+    tier: Tier,
+    t: &TierConfig,
+    endpoints: &BTreeMap<String, Endpoint>,
+) -> Result<(), ConfigError> {
+    if t.endpoints.is_empty() {
+        return Err(invalid(
+            format!("tiers.{tier}.endpoint"),
+            "names no endpoint",
+        ));
+    }
+    for name in &t.endpoints {
+        if !endpoints.contains_key(name) {
+            let known: Vec<&str> = endpoints.keys().map(String::as_str).collect();
+            return Err(invalid(
+                format!("tiers.{tier}.endpoint"),
+                format!(
+                    "names the endpoint `{name}`, which is not defined: add an [endpoints.{name}] table or use one of {}",
+                    known.join(", ")
+                ),
+            ));
+        }
+    }
+    let ts = t.timeouts;
+    for (key, value) in [
+        ("connect_s", ts.connect_s),
+        ("first_token_s", ts.first_token_s),
+        ("idle_s", ts.idle_s),
+        ("total_s", ts.total_s),
+    ] {
+        if !(value.is_finite() && value > 0.0) {
+            return Err(invalid(
+                format!("tiers.{tier}.timeouts.{key}"),
+                "must be a positive number of seconds",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+fn parse_url(text: &str, key: &str) -> Result<url::Url, ConfigError> {
+    let url = url::Url::parse(text.trim()).map_err(|e| {
+        invalid(
+            key,
+            format!("`{text}` is not a URL ({e}); write it like \"http://127.0.0.1:11434\""),
+        )
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(invalid(
+            key,
+            format!("`{text}` must be an http:// or https:// URL with a host"),
+        ));
+    }
+    Ok(url)
+}
+
+/// Reads `OLLAMA_HOST` the way Ollama's own `envconfig.Host()` does: optional quotes, optional
+/// scheme (default http; an explicit http/https changes the default port to 80/443), a host, an
+/// optional port (default 11434), an optional path. Empty means `http://127.0.0.1:11434`.
+pub fn ollama_host_url(value: &str) -> Result<url::Url, ConfigError> {
+    let value = value.trim().trim_matches(['"', '\'']).trim();
+    let (scheme, hostport, default_port) = match value.split_once("://") {
+        None => ("http", value, "11434"),
+        Some(("http", rest)) => ("http", rest, "80"),
+        Some(("https", rest)) => ("https", rest, "443"),
+        Some((other, rest)) => (other, rest, "11434"),
+    };
+    let (hostport, path) = hostport.split_once('/').unwrap_or((hostport, ""));
+    let (host, port) = split_host_port(hostport).unwrap_or_else(|| {
+        let bare = hostport.trim_matches(['[', ']']);
+        let host = if bare.is_empty() { "127.0.0.1" } else { bare };
+        (host.to_string(), default_port.to_string())
+    });
+    let port = match port.parse::<u16>() {
+        Ok(_) => port,
+        Err(_) => default_port.to_string(),
+    };
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else if host.is_empty() {
+        "127.0.0.1".to_string()
+    } else {
+        host
+    };
+    let text = format!("{scheme}://{host}:{port}/{path}");
+    parse_url(&text, "OLLAMA_HOST")
+}
+
+/// Go's `net.SplitHostPort`: `host:port` or `[v6]:port`; None when there is no port.
+fn split_host_port(s: &str) -> Option<(String, String)> {
+    if let Some(rest) = s.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        let port = after.strip_prefix(':')?;
+        return Some((host.to_string(), port.to_string()));
+    }
+    let (host, port) = s.rsplit_once(':')?;
+    if host.contains(':') {
+        return None; // a bare IPv6 address
+    }
+    Some((host.to_string(), port.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        match from_toml(text, "test.toml", None) {
+            Ok(_) => panic!("expected an error for {text:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let c = from_toml("", "(defaults)", None).expect("defaults");
+        assert_eq!(c.tier(Tier::Fast).model, "llama3.2:3b");
+        assert_eq!(c.tier(Tier::Coder).model, "qwen3-coder:30b");
+        assert_eq!(c.tier(Tier::Heavy).model, "llama3.1:70b");
+        assert_eq!(c.tier(Tier::Heavy).vram_mb, 42_000);
+        assert_eq!(
+            c.endpoints[DEFAULT_ENDPOINT].url.as_str(),
+            "http://127.0.0.1:11434/"
+        );
+        assert_eq!(c.enabled_tiers().count(), 3);
+    }
+
+    #[test]
+    fn ollama_host_forms() {
+        let cases = [
+            ("", "http://127.0.0.1:11434/"),
+            ("0.0.0.0", "http://0.0.0.0:11434/"),
+            ("gpu-box", "http://gpu-box:11434/"),
+            ("gpu-box:9999", "http://gpu-box:9999/"),
+            ("\"gpu-box:9999\"", "http://gpu-box:9999/"),
+            ("http://gpu-box", "http://gpu-box/"),
+            ("https://gpu-box", "https://gpu-box/"),
+            ("https://gpu-box:8443/ollama", "https://gpu-box:8443/ollama"),
+            ("[::1]:4000", "http://[::1]:4000/"),
+            ("::1", "http://[::1]:11434/"),
+            ("host:notaport", "http://host:11434/"),
+        ];
+        for (input, expected) in cases {
+            let url = ollama_host_url(input).unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert_eq!(url.as_str(), expected, "OLLAMA_HOST={input}");
+        }
+        let c = defaults(Some("gpu-box:9999")).expect("valid host");
+        assert_eq!(
+            c.endpoints[DEFAULT_ENDPOINT].url.as_str(),
+            "http://gpu-box:9999/"
+        );
+    }
+
+    #[test]
+    fn file_overrides_tiers_and_endpoints() {
+        let c = from_toml(
+            r#"
+            [endpoints.vllm]
+            kind = "openai"
+            url = "http://10.0.0.5:8000/v1"
+            api_key_env = "VLLM_KEY"
+
+            [tiers.heavy]
+            model = "meta-llama/Llama-3.1-70B-Instruct"
+            endpoint = ["vllm", "ollama"]
+            vram_mb = 0
+
+            [tiers.coder]
+            enabled = false
+
+            [tiers.fast.timeouts]
+            first_token_s = 5
+
+            [vram]
+            headroom_mb = 2048
+            "#,
+            "t.toml",
+            None,
+        )
+        .expect("valid");
+        let heavy = c.tier(Tier::Heavy);
+        assert_eq!(heavy.endpoints, ["vllm", "ollama"]);
+        assert_eq!(c.endpoints["vllm"].kind, EndpointKind::Openai);
+        assert_eq!(c.endpoints["vllm"].api_key_env.as_deref(), Some("VLLM_KEY"));
+        assert!(!c.tier(Tier::Coder).enabled);
+        assert_eq!(c.tier(Tier::Fast).timeouts.first_token_s, 5.0);
+        assert_eq!(c.tier(Tier::Fast).timeouts.idle_s, 30.0);
+        assert_eq!(c.vram.headroom_mb, 2048);
+        assert_eq!(
+            c.enabled_tiers().collect::<Vec<_>>(),
+            [Tier::Fast, Tier::Heavy]
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_fix() {
+        let e = err("[tiers.fast]\nmodle = \"x\"");
+        assert!(e.contains("modle"), "{e}");
+        let e = err("[tiers.medium]\nmodel = \"x\"");
+        assert!(e.contains("medium") && e.contains("fast"), "{e}");
+        let e = err("[endpoints.gpu]\nurl = \"not a url\"");
+        assert!(e.contains("endpoints.gpu.url"), "{e}");
+        let e = err("[endpoints.gpu]\nurl = \"ftp://host\"");
+        assert!(e.contains("http"), "{e}");
+        let e = err("[tiers.heavy]\nendpoint = \"cluster\"");
+        assert!(
+            e.contains("tiers.heavy.endpoint") && e.contains("[endpoints.cluster]"),
+            "{e}"
+        );
+        let e = err("[tiers.fast]\nenabled = false\n[tiers.coder]\nenabled = false\n[tiers.heavy]\nenabled = false");
+        assert!(e.contains("enable at least one"), "{e}");
+        let e = err("[tiers.fast.timeouts]\nidle_s = -1");
+        assert!(e.contains("tiers.fast.timeouts.idle_s"), "{e}");
+        let e = err("[vram]\nwarn_percent = 150");
+        assert!(e.contains("vram.warn_percent"), "{e}");
+        let e = err("this is = = not toml");
+        assert!(e.contains("test.toml"), "{e}");
+        let e = err("[endpoints.k]\nurl = \"http://h\"\napi_key_env = \"\"");
+        assert!(e.contains("api_key_env"), "{e}");
+    }
+
+    #[test]
+    fn json_schema_matches_the_file() {
+        let c = from_json(
+            &serde_json::json!({"tiers": {"fast": {"model": "phi3"}}}),
+            None,
+        )
+        .expect("valid");
+        assert_eq!(c.tier(Tier::Fast).model, "phi3");
+        assert!(from_json(&serde_json::json!({"tierz": {}}), None).is_err());
+    }
+
+    #[test]
+    fn tier_names_parse() {
+        assert_eq!(" Heavy ".parse::<Tier>(), Ok(Tier::Heavy));
+        assert!("medium"
+            .parse::<Tier>()
+            .unwrap_err()
+            .contains("fast, coder, heavy"));
+    }
+}
