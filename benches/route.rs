@@ -43,7 +43,7 @@ fn bench(c: &mut Criterion) {
             total_mb: 81_920,
             free_mb: 30_000,
         }),
-        loaded: vec![],
+        ..Snapshot::default()
     };
     let force = Force::default();
 

@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
-use crate::analyze::{model, Analysis, Analyzer, Query};
+use crate::analyze::{self, model, Analysis, Analyzer, Query};
+use crate::backend;
 use crate::config::{self, Config, Tier};
+use crate::engine::{self, Engine, Progress, Stats};
 use crate::eval;
 use crate::route::{self, Decision, Force};
 use crate::vram::{GpuMemory, LoadedModel, Snapshot};
@@ -60,6 +62,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Route a prompt and stream the model's answer to stdout.
+    Ask(AskArgs),
+    /// Endpoints, models present and loaded, GPU memory, tiers and per-model statistics.
+    Status(StatusArgs),
     /// Show the routing decision for a prompt; no model is called.
     Route(RouteArgs),
     /// Measure routing accuracy on labelled JSON Lines.
@@ -107,6 +113,36 @@ pub struct RouteArgs {
     pub model: Option<String>,
     #[command(flatten)]
     pub gpu: GpuArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct AskArgs {
+    /// The prompt; `-` reads it from stdin.
+    pub prompt: String,
+    /// Print one JSON object at the end instead of streaming.
+    #[arg(long)]
+    pub json: bool,
+    /// A file whose text is the editor selection.
+    #[arg(long, value_name = "FILE")]
+    pub selection_file: Option<PathBuf>,
+    /// LSP languageId of the selection (rust, python, shellscript, …).
+    #[arg(long, value_name = "ID")]
+    pub language: Option<String>,
+    /// Force a tier (fast, coder, heavy).
+    #[arg(long, value_name = "TIER")]
+    pub tier: Option<String>,
+    /// Force a model by name.
+    #[arg(long, value_name = "MODEL")]
+    pub model: Option<String>,
+    #[command(flatten)]
+    pub gpu: GpuArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print the status as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -169,6 +205,16 @@ impl TrainingFlags {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
+        Command::Ask(args) => {
+            // The exact tokenizer builds while configuration, GPU and backends are read.
+            analyze::tokens::warm_up();
+            let config = load_config(cli.config)?;
+            ask_command(config, args)
+        }
+        Command::Status(args) => {
+            let config = load_config(cli.config)?;
+            status_command(config, args)
+        }
         Command::Route(args) => {
             let config = load_config(cli.config)?;
             route_command(&config, args)
@@ -190,6 +236,10 @@ fn analyzer() -> Result<Analyzer, Failure> {
 }
 
 impl GpuArgs {
+    fn given(&self) -> bool {
+        self.vram_total_mb.is_some() || self.vram_free_mb.is_some() || !self.loaded.is_empty()
+    }
+
     /// The simulated snapshot; "no GPU seen" unless a VRAM size is given.
     fn snapshot(&self, config: &Config) -> Result<Snapshot, Failure> {
         let gpu = match (self.vram_total_mb, self.vram_free_mb) {
@@ -228,10 +278,16 @@ impl GpuArgs {
                     name: name.to_string(),
                     size_mb,
                     vram_mb: size_mb,
+                    ..LoadedModel::default()
                 }
             })
             .collect();
-        Ok(Snapshot { gpu, loaded })
+        Ok(Snapshot {
+            gpu,
+            loaded,
+            notes: vec!["GPU state simulated by command-line flags".to_string()],
+            ..Snapshot::default()
+        })
     }
 }
 
@@ -673,5 +729,204 @@ fn train_command(args: TrainArgs) -> Result<(), Failure> {
         files.len(),
         args.out.display()
     );
+    Ok(())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Request(format!("cannot start the async runtime: {e}")))
+}
+
+/// The engine for one-shot commands, with statistics from earlier runs.
+fn engine(config: Config) -> Result<(Engine, backend::Client), Failure> {
+    let connect = config
+        .tiers
+        .values()
+        .map(|t| t.timeouts.connect_s)
+        .fold(1.0f64, f64::max);
+    let client = backend::Client::new(std::time::Duration::from_secs_f64(connect));
+    let stats = engine::stats::default_path()
+        .map(|p| Stats::load(&p))
+        .unwrap_or_default();
+    Ok((
+        Engine::new(config, client.clone(), analyzer()?, stats),
+        client,
+    ))
+}
+
+fn save_stats(engine: &Engine) {
+    if let Some(path) = engine::stats::default_path() {
+        if let Err(e) = engine.stats.save(&path) {
+            tracing::debug!(error = %e, path = %path.display(), "could not save statistics");
+        }
+    }
+}
+
+fn ask_command(config: Config, args: AskArgs) -> Result<(), Failure> {
+    let prompt = if args.prompt == "-" {
+        utf8(read_input("-")?, "stdin")?
+    } else {
+        args.prompt.clone()
+    };
+    let selection = match &args.selection_file {
+        Some(path) => Some(utf8(
+            read_input(&path.to_string_lossy())?,
+            &path.display().to_string(),
+        )?),
+        None => None,
+    };
+    let request = engine::Request {
+        prompt,
+        selection,
+        language_id: args.language.clone(),
+        action: None,
+        force: Force {
+            tier: args
+                .tier
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(usage)?,
+            model: args.model.clone(),
+        },
+    };
+    let simulated = if args.gpu.given() {
+        Some(args.gpu.snapshot(&config)?)
+    } else {
+        None
+    };
+    let (engine, client) = engine(config)?;
+    let json = args.json;
+    let result = runtime()?.block_on(async {
+        let snapshot = match simulated {
+            Some(s) => s,
+            None => {
+                crate::vram::Monitor::new(engine.config(), client)
+                    .refresh()
+                    .await
+            }
+        };
+        let mut stdout = std::io::stdout();
+        let mut attempts = 0;
+        let mut progress = |p: Progress<'_>| match p {
+            Progress::Trying(c) => {
+                attempts += 1;
+                if attempts > 1 && !json {
+                    eprintln!(
+                        "→ falling back to {} ({}) on {}",
+                        c.model, c.tier, c.endpoint
+                    );
+                }
+            }
+            Progress::Routed(d) if !json => {
+                eprintln!("→ {} ({}) on {}", d.model, d.tier, d.endpoint);
+                if let Some(w) = &d.warning {
+                    eprintln!("! {w}");
+                }
+            }
+            Progress::FellBack { from, error } if !json => {
+                eprintln!("! {} on {} failed: {error}", from.model, from.endpoint);
+            }
+            Progress::Delta(text) if !json => {
+                let _ = stdout.write_all(text.as_bytes());
+                let _ = stdout.flush();
+            }
+            _ => {}
+        };
+        tokio::select! {
+            result = engine.run(&request, &snapshot, &mut progress) => Some(result),
+            _ = tokio::signal::ctrl_c() => None,
+        }
+    });
+    save_stats(&engine);
+    let Some(result) = result else {
+        // Dropping the run closed the model's connection: the server stops generating.
+        if !json {
+            println!();
+        }
+        return Err(Failure::Request("cancelled".to_string()));
+    };
+    match result {
+        Ok(answer) => {
+            if json {
+                println!("{}", answer_json(&answer, None));
+            } else {
+                println!();
+                eprintln!("{}", answer_summary(&answer));
+            }
+            Ok(())
+        }
+        Err(engine::Error::Input(message)) => Err(usage(message)),
+        Err(engine::Error::Failed {
+            message,
+            partial,
+            fallbacks,
+        }) => {
+            if json {
+                let value = match &partial {
+                    Some(p) => answer_json(p, Some(&message)),
+                    None => json!({ "error": message, "fallbacks": fallbacks }),
+                };
+                println!("{value}");
+            } else if partial.is_some() {
+                println!();
+            }
+            Err(Failure::Request(message))
+        }
+    }
+}
+
+fn answer_json(answer: &engine::Answer, error: Option<&str>) -> serde_json::Value {
+    let mut value = serde_json::to_value(answer).unwrap_or_else(|_| json!({}));
+    if let Some(map) = value.as_object_mut() {
+        map.insert("confidence".to_string(), json!(round3(answer.confidence)));
+        if let Some(e) = error {
+            map.insert("error".to_string(), json!(e));
+        }
+    }
+    value
+}
+
+fn answer_summary(a: &engine::Answer) -> String {
+    let mut s = format!(
+        "[{} · {} · confidence {:.2} · first token {} · total {:.0} ms",
+        a.model,
+        a.tier,
+        a.confidence,
+        a.timings
+            .first_token_ms
+            .map_or("-".to_string(), |t| format!("{t:.0} ms")),
+        a.timings.total_ms
+    );
+    if !a.fallbacks.is_empty() {
+        let tried: Vec<String> = a
+            .fallbacks
+            .iter()
+            .map(|f| format!("{} on {}", f.model, f.endpoint))
+            .collect();
+        s.push_str(&format!(" · fell back from {}", tried.join(", ")));
+    }
+    if a.finish == Some(backend::Finish::Length) {
+        s.push_str(" · cut at max_tokens");
+    }
+    s.push(']');
+    s
+}
+
+fn status_command(config: Config, args: StatusArgs) -> Result<(), Failure> {
+    let (engine, client) = engine(config)?;
+    let status = runtime()?.block_on(async {
+        let monitor = crate::vram::Monitor::new(engine.config(), client);
+        engine::status::gather(&engine, &monitor).await
+    });
+    let text = if args.json {
+        serde_json::to_string_pretty(&status).map_err(|e| Failure::Request(e.to_string()))?
+    } else {
+        status.render()
+    };
+    println!("{text}");
     Ok(())
 }

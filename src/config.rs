@@ -112,6 +112,11 @@ pub struct TierConfig {
     pub vram_mb: u64,
     /// Ollama `keep_alive` (e.g. "30m", "-1" to keep resident).
     pub keep_alive: String,
+    /// Context window the model runs with (Ollama `num_ctx`), fixed so that Ollama neither
+    /// reloads the model per request nor truncates at its 4k default.
+    pub num_ctx: u32,
+    /// Most tokens one answer may have.
+    pub max_tokens: u32,
     pub timeouts: Timeouts,
     pub enabled: bool,
 }
@@ -208,6 +213,8 @@ struct RawTier {
     endpoint: Option<OneOrMany>,
     vram_mb: Option<u64>,
     keep_alive: Option<String>,
+    num_ctx: Option<u32>,
+    max_tokens: Option<u32>,
     timeouts: Option<Timeouts>,
     enabled: Option<bool>,
 }
@@ -306,17 +313,19 @@ pub fn defaults(ollama_host: Option<&str>) -> Result<Config, ConfigError> {
 }
 
 fn default_tier(tier: Tier) -> TierConfig {
-    let (model, vram_mb, keep_alive, first_token_s) = match tier {
+    let (model, vram_mb, keep_alive, num_ctx, first_token_s) = match tier {
         // The fast tier stays resident: it answers most requests and reloading costs seconds.
-        Tier::Fast => ("llama3.2:3b", 2_500, "-1", 30.0),
-        Tier::Coder => ("qwen3-coder:30b", 18_000, "30m", 90.0),
-        Tier::Heavy => ("llama3.1:70b", 42_000, "10m", 180.0),
+        Tier::Fast => ("llama3.2:3b", 2_500, "-1", 8_192, 30.0),
+        Tier::Coder => ("qwen3-coder:30b", 18_000, "30m", 16_384, 90.0),
+        Tier::Heavy => ("llama3.1:70b", 42_000, "10m", 8_192, 180.0),
     };
     TierConfig {
         model: model.to_string(),
         endpoints: vec![DEFAULT_ENDPOINT.to_string()],
         vram_mb,
         keep_alive: keep_alive.to_string(),
+        num_ctx,
+        max_tokens: 2_048,
         timeouts: Timeouts {
             first_token_s,
             ..Timeouts::default()
@@ -386,6 +395,12 @@ fn build(raw: RawConfig, ollama_host: Option<&str>) -> Result<Config, ConfigErro
             if let Some(k) = r.keep_alive {
                 t.keep_alive = k;
             }
+            if let Some(n) = r.num_ctx {
+                t.num_ctx = n;
+            }
+            if let Some(n) = r.max_tokens {
+                t.max_tokens = n;
+            }
             if let Some(timeouts) = r.timeouts {
                 t.timeouts = timeouts;
             }
@@ -446,6 +461,18 @@ fn validate_tier(
                 ),
             ));
         }
+    }
+    if !(512..=1_048_576).contains(&t.num_ctx) {
+        return Err(invalid(
+            format!("tiers.{tier}.num_ctx"),
+            "must be between 512 and 1048576 tokens",
+        ));
+    }
+    if t.max_tokens == 0 || t.max_tokens >= t.num_ctx {
+        return Err(invalid(
+            format!("tiers.{tier}.max_tokens"),
+            format!("must be at least 1 and below num_ctx ({})", t.num_ctx),
+        ));
     }
     let ts = t.timeouts;
     for (key, value) in [
@@ -642,6 +669,10 @@ mod tests {
         );
         let e = err("[tiers.fast]\nenabled = false\n[tiers.coder]\nenabled = false\n[tiers.heavy]\nenabled = false");
         assert!(e.contains("enable at least one"), "{e}");
+        let e = err("[tiers.fast]\nnum_ctx = 100");
+        assert!(e.contains("tiers.fast.num_ctx"), "{e}");
+        let e = err("[tiers.fast]\nmax_tokens = 9000");
+        assert!(e.contains("tiers.fast.max_tokens"), "{e}");
         let e = err("[tiers.fast.timeouts]\nidle_s = -1");
         assert!(e.contains("tiers.fast.timeouts.idle_s"), "{e}");
         let e = err("[vram]\nwarn_percent = 150");

@@ -2,12 +2,16 @@
 //! the GPU memory that is really free.
 //!
 //! The flow of one request, one module per stage (see ARCHITECTURE.md):
-//! `analyze` (what is asked) → `route` (which model, given `vram` and `config`).
+//! `analyze` (what is asked) → `route` (which model, given `vram` and `config`) → `context`
+//! (the prompt) → `backend` (the model server), run end to end by `engine`.
 //! `eval` scores routing on labelled data; `cli` is the command line.
 
 pub mod analyze;
+pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod context;
+pub mod engine;
 pub mod eval;
 pub mod route;
 pub mod vram;

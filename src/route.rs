@@ -307,8 +307,10 @@ mod tests {
                     name: name.to_string(),
                     size_mb: 1,
                     vram_mb: 1,
+                    ..LoadedModel::default()
                 })
                 .collect(),
+            ..Snapshot::default()
         }
     }
 

@@ -2,68 +2,9 @@
 //! bad input. Every test runs the built executable with a clean environment for the variables
 //! triage reads, so the developer's own config cannot leak in.
 
-use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+mod support;
 
-fn triage() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_triage"));
-    cmd.env_remove("OLLAMA_HOST")
-        .env_remove("TRIAGE_CONFIG")
-        .env_remove("RUST_LOG")
-        // No user config file can be found in an empty config home.
-        .env(
-            "XDG_CONFIG_HOME",
-            std::env::temp_dir().join("triage-tests-no-config"),
-        )
-        .env("HOME", std::env::temp_dir().join("triage-tests-no-home"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    cmd
-}
-
-fn run(args: &[&str]) -> Output {
-    triage()
-        .args(args)
-        .output()
-        .expect("the triage binary runs")
-}
-
-fn run_stdin(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = triage()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the triage binary runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin)
-        .expect("write stdin");
-    child.wait_with_output().expect("triage finishes")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn json(o: &Output) -> serde_json::Value {
-    serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", stdout(o)))
-}
-
-fn temp_file(name: &str, contents: &[u8]) -> PathBuf {
-    let dir = tempfile::tempdir().expect("tempdir").keep();
-    let path = dir.join(name);
-    std::fs::write(&path, contents).expect("write temp file");
-    path
-}
+use support::{json, run, run_stdin, stderr, stdout, temp_file, triage};
 
 #[test]
 fn route_prints_a_readable_decision() {

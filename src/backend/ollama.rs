@@ -1,0 +1,262 @@
+//! Ollama's native API: request bodies and response parsing for `/api/chat`, `/api/generate`,
+//! `/api/tags`, `/api/ps` and `/api/show`.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::{
+    ChatRequest, Done, Event, FimRequest, Finish, LoadedEntry, ModelEntry, ModelInfo, ParseError,
+    Usage,
+};
+
+pub(super) fn chat_body(r: &ChatRequest) -> Value {
+    let mut body = json!({
+        "model": r.model,
+        "messages": r.messages,
+        "stream": true,
+        "options": options(r.num_ctx, r.max_tokens),
+    });
+    if let Some(k) = &r.keep_alive {
+        body["keep_alive"] = keep_alive(k);
+    }
+    body
+}
+
+pub(super) fn generate_body(r: &FimRequest) -> Value {
+    let mut body = json!({
+        "model": r.model,
+        "prompt": r.prefix,
+        "suffix": r.suffix,
+        "stream": true,
+        "options": options(r.num_ctx, r.max_tokens),
+    });
+    if let Some(k) = &r.keep_alive {
+        body["keep_alive"] = keep_alive(k);
+    }
+    body
+}
+
+fn options(num_ctx: Option<u32>, max_tokens: Option<u32>) -> Value {
+    let mut o = json!({});
+    if let Some(n) = num_ctx {
+        o["num_ctx"] = json!(n);
+    }
+    if let Some(n) = max_tokens {
+        o["num_predict"] = json!(n);
+    }
+    o
+}
+
+/// Ollama reads a number as seconds (negative: forever) and a string as a Go duration ("30m");
+/// a bare "-1" string would be refused, so whole numbers go as numbers.
+fn keep_alive(value: &str) -> Value {
+    match value.trim().parse::<i64>() {
+        Ok(n) => json!(n),
+        Err(_) => json!(value.trim()),
+    }
+}
+
+pub(super) fn parse_chat_line(line: &str) -> Result<Vec<Event>, ParseError> {
+    parse_line(line, |v| v["message"]["content"].as_str())
+}
+
+pub(super) fn parse_generate_line(line: &str) -> Result<Vec<Event>, ParseError> {
+    parse_line(line, |v| v["response"].as_str())
+}
+
+fn parse_line(line: &str, text: impl Fn(&Value) -> Option<&str>) -> Result<Vec<Event>, ParseError> {
+    let v: Value = serde_json::from_str(line).map_err(|e| {
+        ParseError::Malformed(format!(
+            "not a JSON line ({e}): {}",
+            crate::analyze::signals::prefix(line, 80)
+        ))
+    })?;
+    if let Some(error) = v.get("error") {
+        return Err(ParseError::Server(
+            error
+                .as_str()
+                .map_or_else(|| error.to_string(), str::to_string),
+        ));
+    }
+    let Some(done) = v.get("done").and_then(Value::as_bool) else {
+        return Err(ParseError::Malformed("a chunk without `done`".to_string()));
+    };
+    let mut events = Vec::new();
+    if let Some(t) = text(&v).filter(|t| !t.is_empty()) {
+        events.push(Event::Delta(t.to_string()));
+    }
+    if done {
+        let finish = match v["done_reason"].as_str() {
+            Some("length") => Finish::Length,
+            Some("stop") | None => Finish::Stop,
+            Some(_) => Finish::Other,
+        };
+        let usage = match (v["prompt_eval_count"].as_u64(), v["eval_count"].as_u64()) {
+            (None, None) => None,
+            (p, c) => Some(Usage {
+                prompt_tokens: p.unwrap_or(0),
+                completion_tokens: c.unwrap_or(0),
+            }),
+        };
+        events.push(Event::Done(Done {
+            finish,
+            usage,
+            load_duration: v["load_duration"].as_u64().map(Duration::from_nanos),
+        }));
+    }
+    Ok(events)
+}
+
+fn mb(bytes: Option<u64>) -> Option<u64> {
+    bytes.map(|b| b / (1024 * 1024))
+}
+
+pub(super) fn parse_tags(v: &Value) -> Vec<ModelEntry> {
+    v["models"]
+        .as_array()
+        .map(|models| {
+            models
+                .iter()
+                .filter_map(|m| {
+                    Some(ModelEntry {
+                        name: m["name"]
+                            .as_str()
+                            .or_else(|| m["model"].as_str())?
+                            .to_string(),
+                        size_mb: mb(m["size"].as_u64()),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub(super) fn parse_ps(v: &Value) -> Vec<LoadedEntry> {
+    v["models"]
+        .as_array()
+        .map(|models| {
+            models
+                .iter()
+                .filter_map(|m| {
+                    Some(LoadedEntry {
+                        name: m["name"]
+                            .as_str()
+                            .or_else(|| m["model"].as_str())?
+                            .to_string(),
+                        size_mb: mb(m["size"].as_u64()).unwrap_or(0),
+                        vram_mb: mb(m["size_vram"].as_u64()).unwrap_or(0),
+                        expires_at: m["expires_at"].as_str().map(str::to_string),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `model_info["<arch>.context_length"]` and `capabilities`.
+pub(super) fn parse_show(v: &Value) -> ModelInfo {
+    let info = &v["model_info"];
+    let context_length = info["general.architecture"]
+        .as_str()
+        .and_then(|arch| info[format!("{arch}.context_length")].as_u64())
+        .or_else(|| {
+            // Some models carry it under another prefix; take any `*.context_length`.
+            info.as_object()?
+                .iter()
+                .find(|(k, _)| k.ends_with(".context_length"))
+                .and_then(|(_, v)| v.as_u64())
+        });
+    let capabilities = v["capabilities"]
+        .as_array()
+        .map(|c| {
+            c.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    ModelInfo {
+        context_length,
+        capabilities,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_body_carries_keep_alive_and_num_ctx() {
+        let r = ChatRequest {
+            model: "m".into(),
+            messages: vec![],
+            keep_alive: Some("-1".into()),
+            num_ctx: Some(8192),
+            max_tokens: Some(100),
+        };
+        let b = chat_body(&r);
+        assert_eq!(b["keep_alive"], json!(-1));
+        assert_eq!(b["options"]["num_ctx"], 8192);
+        assert_eq!(b["options"]["num_predict"], 100);
+        assert_eq!(b["stream"], true);
+        assert_eq!(keep_alive("30m"), json!("30m"));
+    }
+
+    #[test]
+    fn chat_lines() {
+        assert_eq!(
+            parse_chat_line(r#"{"message":{"role":"assistant","content":"Hi"},"done":false}"#),
+            Ok(vec![Event::Delta("Hi".into())])
+        );
+        let done = parse_chat_line(
+            r#"{"message":{"role":"assistant","content":""},"done":true,"done_reason":"length","prompt_eval_count":5,"eval_count":7,"load_duration":2000000000}"#,
+        )
+        .expect("valid");
+        assert_eq!(
+            done,
+            vec![Event::Done(Done {
+                finish: Finish::Length,
+                usage: Some(Usage {
+                    prompt_tokens: 5,
+                    completion_tokens: 7
+                }),
+                load_duration: Some(Duration::from_secs(2)),
+            })]
+        );
+        assert!(matches!(
+            parse_chat_line("{oops"),
+            Err(ParseError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_chat_line(r#"{"x":1}"#),
+            Err(ParseError::Malformed(_))
+        ));
+        assert_eq!(
+            parse_chat_line(r#"{"error":"out of memory"}"#),
+            Err(ParseError::Server("out of memory".into()))
+        );
+        assert_eq!(
+            parse_generate_line(r#"{"response":"fn","done":false}"#),
+            Ok(vec![Event::Delta("fn".into())])
+        );
+    }
+
+    #[test]
+    fn metadata() {
+        let ps = parse_ps(
+            &json!({"models":[{"name":"llama3.2:3b","size":3221225472u64,"size_vram":2147483648u64,"expires_at":"2026-01-01T00:00:00Z"}]}),
+        );
+        assert_eq!(ps[0].size_mb, 3072);
+        assert_eq!(ps[0].vram_mb, 2048);
+        let show = parse_show(
+            &json!({"model_info":{"general.architecture":"qwen3moe","qwen3moe.context_length":262144},"capabilities":["completion","insert"]}),
+        );
+        assert_eq!(show.context_length, Some(262_144));
+        assert_eq!(show.capabilities, ["completion", "insert"]);
+        assert_eq!(
+            parse_tags(&json!({"models":[{"name":"a","size":1048576}]}))[0].size_mb,
+            Some(1)
+        );
+        assert!(parse_tags(&json!({"nope":1})).is_empty());
+    }
+}

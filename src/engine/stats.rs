@@ -1,0 +1,259 @@
+//! Per-model statistics (latency to first token, tokens per second, errors, the learned cold-load
+//! time) and per-endpoint circuit breakers.
+//!
+//! Statistics can be saved to and loaded from a JSON file so that one-shot commands (`ask`,
+//! `status`) share what earlier runs learned; the language server keeps them in memory.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// How many first-token latencies are kept per model for the percentiles.
+const WINDOW: usize = 200;
+
+/// What is known about one model.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModelStats {
+    pub requests: u64,
+    pub errors: u64,
+    pub last_error: Option<String>,
+    /// Recent latencies to the first token, in ms.
+    #[serde(default)]
+    pub first_token_ms: VecDeque<u64>,
+    /// Generation speed of the last successful answer.
+    pub tokens_per_s: Option<f64>,
+    /// The longest cold load seen (Ollama `load_duration`), in ms.
+    pub load_ms: Option<u64>,
+}
+
+/// A summary for status displays.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    pub model: String,
+    pub requests: u64,
+    pub errors: u64,
+    pub last_error: Option<String>,
+    pub first_token_p50_ms: Option<u64>,
+    pub first_token_p95_ms: Option<u64>,
+    pub tokens_per_s: Option<f64>,
+    pub load_ms: Option<u64>,
+}
+
+/// Statistics of all models.
+#[derive(Debug, Default)]
+pub struct Stats {
+    models: Mutex<BTreeMap<String, ModelStats>>,
+}
+
+impl Stats {
+    /// Loads saved statistics; a missing or unreadable file starts empty (statistics are a
+    /// convenience, never a reason to fail).
+    pub fn load(path: &Path) -> Stats {
+        let models = std::fs::read(path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<BTreeMap<String, ModelStats>>(&bytes).ok())
+            .unwrap_or_default();
+        Stats {
+            models: Mutex::new(models),
+        }
+    }
+
+    /// Saves to `path` (through a temporary file, so a crash never leaves half a file).
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        let json = serde_json::to_vec_pretty(&*self.lock())?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, json)?;
+        std::fs::rename(tmp, path)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ModelStats>> {
+        match self.models.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Records a successful answer.
+    pub fn success(
+        &self,
+        model: &str,
+        first_token: Duration,
+        tokens: u64,
+        generation: Duration,
+        load: Option<Duration>,
+    ) {
+        let mut models = self.lock();
+        let s = models.entry(model.to_string()).or_default();
+        s.requests += 1;
+        s.first_token_ms.push_back(first_token.as_millis() as u64);
+        while s.first_token_ms.len() > WINDOW {
+            s.first_token_ms.pop_front();
+        }
+        if tokens > 0 && generation > Duration::from_millis(1) {
+            s.tokens_per_s = Some((tokens as f64 / generation.as_secs_f64() * 10.0).round() / 10.0);
+        }
+        if let Some(load) = load.filter(|l| *l > Duration::from_millis(50)) {
+            let ms = load.as_millis() as u64;
+            s.load_ms = Some(s.load_ms.map_or(ms, |old| old.max(ms)));
+        }
+    }
+
+    /// Records a failed attempt.
+    pub fn failure(&self, model: &str, error: &str) {
+        let mut models = self.lock();
+        let s = models.entry(model.to_string()).or_default();
+        s.requests += 1;
+        s.errors += 1;
+        s.last_error = Some(error.to_string());
+    }
+
+    /// The longest cold load seen for `model`.
+    pub fn load_time(&self, model: &str) -> Option<Duration> {
+        self.lock()
+            .get(model)
+            .and_then(|s| s.load_ms)
+            .map(Duration::from_millis)
+    }
+
+    pub fn summaries(&self) -> Vec<Summary> {
+        self.lock()
+            .iter()
+            .map(|(model, s)| {
+                let mut sorted: Vec<u64> = s.first_token_ms.iter().copied().collect();
+                sorted.sort_unstable();
+                Summary {
+                    model: model.clone(),
+                    requests: s.requests,
+                    errors: s.errors,
+                    last_error: s.last_error.clone(),
+                    first_token_p50_ms: percentile(&sorted, 50),
+                    first_token_p95_ms: percentile(&sorted, 95),
+                    tokens_per_s: s.tokens_per_s,
+                    load_ms: s.load_ms,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[u64], p: usize) -> Option<u64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (p * sorted.len()).div_ceil(100).max(1);
+    sorted.get(rank - 1).copied()
+}
+
+/// Where statistics are saved: `$TRIAGE_STATE_DIR`, else the user's state (or data) dir.
+pub fn default_path() -> Option<PathBuf> {
+    let dir = std::env::var_os("TRIAGE_STATE_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            dirs::state_dir()
+                .or_else(dirs::data_local_dir)
+                .map(|d| d.join("triage"))
+        })?;
+    Some(dir.join("stats.json"))
+}
+
+/// Consecutive failures after which an endpoint is skipped for a while (LiteLLM's default).
+pub const BREAKER_FAILURES: u32 = 3;
+/// How long a tripped endpoint is skipped.
+pub const BREAKER_COOLDOWN: Duration = Duration::from_secs(5);
+
+/// Per-endpoint circuit breakers.
+#[derive(Debug, Default)]
+pub struct Breakers {
+    state: Mutex<HashMap<String, (u32, Option<Instant>)>>,
+}
+
+impl Breakers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u32, Option<Instant>)>> {
+        match self.state.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Whether `endpoint` is cooling down after repeated failures.
+    pub fn is_open(&self, endpoint: &str) -> bool {
+        self.lock()
+            .get(endpoint)
+            .and_then(|(_, until)| *until)
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    pub fn success(&self, endpoint: &str) {
+        self.lock().remove(endpoint);
+    }
+
+    pub fn failure(&self, endpoint: &str) {
+        let mut state = self.lock();
+        let entry = state.entry(endpoint.to_string()).or_insert((0, None));
+        entry.0 += 1;
+        if entry.0 >= BREAKER_FAILURES {
+            entry.1 = Some(Instant::now() + BREAKER_COOLDOWN);
+            entry.0 = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles() {
+        assert_eq!(percentile(&[], 50), None);
+        assert_eq!(percentile(&[7], 95), Some(7));
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 50), Some(50));
+        assert_eq!(percentile(&v, 95), Some(95));
+    }
+
+    #[test]
+    fn stats_summarise_and_survive_a_round_trip() {
+        let stats = Stats::default();
+        stats.success(
+            "m",
+            Duration::from_millis(100),
+            50,
+            Duration::from_secs(1),
+            Some(Duration::from_secs(3)),
+        );
+        stats.success("m", Duration::from_millis(300), 0, Duration::ZERO, None);
+        stats.failure("m", "HTTP 500");
+        let s = &stats.summaries()[0];
+        assert_eq!((s.requests, s.errors), (3, 1));
+        assert_eq!(s.first_token_p50_ms, Some(100));
+        assert_eq!(s.first_token_p95_ms, Some(300));
+        assert_eq!(s.tokens_per_s, Some(50.0));
+        assert_eq!(stats.load_time("m"), Some(Duration::from_secs(3)));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sub/stats.json");
+        stats.save(&path).expect("saved");
+        assert_eq!(Stats::load(&path).summaries(), stats.summaries());
+        std::fs::write(&path, b"{broken").expect("write");
+        assert!(Stats::load(&path).summaries().is_empty());
+    }
+
+    #[test]
+    fn breaker_opens_after_three_failures_and_closes_on_success() {
+        let b = Breakers::default();
+        b.failure("gpu");
+        b.failure("gpu");
+        assert!(!b.is_open("gpu"));
+        b.failure("gpu");
+        assert!(b.is_open("gpu"));
+        b.success("gpu");
+        assert!(!b.is_open("gpu"));
+    }
+}

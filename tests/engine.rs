@@ -1,0 +1,154 @@
+//! The engine and backend clients in-process against the loopback test backend: cancellation by
+//! drop, fill-in-the-middle, model metadata, and the cold-load time learned from Ollama.
+
+mod support;
+
+use std::time::Duration;
+
+use support::backend::{Fault, TestBackend};
+use triage::analyze::Analyzer;
+use triage::backend::{Client, Event, FimRequest, Target};
+use triage::config::{self, Tier};
+use triage::engine::{Engine, Progress, Request, Stats};
+use triage::route::Force;
+use triage::vram::Snapshot;
+
+fn config_for(backend: &TestBackend, extra: &str) -> config::Config {
+    let text = format!("[endpoints.ollama]\nurl = \"{}\"\n{extra}", backend.url());
+    config::from_toml(&text, "test", None).expect("valid config")
+}
+
+fn engine(config: config::Config) -> Engine {
+    Engine::new(
+        config,
+        Client::new(Duration::from_secs(2)),
+        Analyzer::builtin().expect("model"),
+        Stats::default(),
+    )
+}
+
+fn request(prompt: &str, tier: Tier) -> Request {
+    Request {
+        prompt: prompt.to_string(),
+        force: Force {
+            tier: Some(tier),
+            model: None,
+        },
+        ..Request::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_run_closes_the_connection() {
+    let backend = TestBackend::start();
+    backend.set_fault(
+        "llama3.2:3b",
+        Fault::Trickle {
+            ms: 100,
+            tokens: 500,
+        },
+    );
+    let engine = engine(config_for(&backend, ""));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let run = async {
+        let mut progress = |p: Progress<'_>| {
+            if let Progress::Delta(d) = p {
+                let _ = tx.send(d.to_string());
+            }
+        };
+        engine
+            .run(
+                &request("story", Tier::Fast),
+                &Snapshot::no_gpu(),
+                &mut progress,
+            )
+            .await
+    };
+    tokio::select! {
+        _ = run => panic!("the run should not finish: 500 tokens at 100 ms"),
+        first = rx.recv() => assert_eq!(first.as_deref(), Some("Hello")),
+    }
+    // The run future is dropped here; the backend must notice.
+    let closed = tokio::task::spawn_blocking(move || {
+        backend.wait_for(Duration::from_secs(5), |r| {
+            r.len() == 1 && r[0].closed_early
+        })
+    })
+    .await
+    .expect("join");
+    assert!(closed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fill_in_the_middle_sends_prefix_and_suffix() {
+    let backend = TestBackend::start();
+    let config = config_for(&backend, "");
+    let client = Client::new(Duration::from_secs(2));
+    let target = Target {
+        name: "ollama",
+        endpoint: &config.endpoints["ollama"],
+    };
+    let mut stream = client
+        .fill_in_middle(
+            target,
+            &FimRequest {
+                model: "llama3.2:3b".into(),
+                prefix: "fn add(a: i32, b: i32) -> i32 {\n    ".into(),
+                suffix: "\n}\n".into(),
+                keep_alive: Some("-1".into()),
+                num_ctx: Some(4096),
+                max_tokens: Some(64),
+            },
+        )
+        .await
+        .expect("stream");
+    let mut text = String::new();
+    while let Some(event) = stream.next().await {
+        match event.expect("valid event") {
+            Event::Delta(d) => text.push_str(&d),
+            Event::Done(_) => break,
+        }
+    }
+    assert!(text.starts_with("Hello"));
+    let r = &backend.requests()[0];
+    assert_eq!(r.path, "/api/generate");
+    assert!(r.text.contains("fn add") && r.text.contains("\n}\n"));
+    assert_eq!(r.num_ctx, Some(4096));
+
+    let info = client.show(target, "llama3.2:3b").await.expect("show");
+    assert_eq!(info.context_length, Some(131_072));
+    assert!(info.capabilities.iter().any(|c| c == "insert"));
+    assert!(client.show(target, "llama3.2:3b").await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learned_cold_load_extends_the_first_token_timeout() {
+    let backend = TestBackend::start();
+    // The model takes 1.2 s to "load"; the configured first-token timeout is 1 s.
+    backend.set_fault("llama3.2:3b", Fault::ColdLoad { ms: 1200 });
+    let config = config_for(&backend, "[tiers.fast.timeouts]\nfirst_token_s = 1\n[tiers.coder]\nenabled = false\n[tiers.heavy]\nenabled = false\n");
+    let engine = engine(config);
+    let mut ignore = |_: Progress<'_>| {};
+    let first = engine
+        .run(&request("hi", Tier::Fast), &Snapshot::no_gpu(), &mut ignore)
+        .await;
+    assert!(
+        first.is_err(),
+        "1.2 s load with a 1 s timeout fails the first time"
+    );
+
+    // Once a load of 1.2 s has been seen, a cold model gets 1.5 × that + 5 s.
+    engine.stats.success(
+        "llama3.2:3b",
+        Duration::from_millis(1300),
+        10,
+        Duration::from_secs(1),
+        Some(Duration::from_millis(1200)),
+    );
+    let second = engine
+        .run(&request("hi", Tier::Fast), &Snapshot::no_gpu(), &mut ignore)
+        .await;
+    let answer = second.expect("the learned load time is used");
+    assert_eq!(answer.timings.load_ms, Some(1200.0));
+    assert!(answer.timings.first_token_ms.is_some_and(|t| t >= 1200.0));
+}
