@@ -59,6 +59,11 @@ enum Fit {
     /// No GPU visible: nothing is known, everything is allowed.
     Unknown,
     Loaded,
+    /// Loaded, but partly on the CPU (`size_vram` < `size`): slow; prefer another model.
+    Offloaded {
+        vram_mb: u64,
+        size_mb: u64,
+    },
     Fits,
     /// Not loaded and needs more than is free: needed (with headroom) and free, in MB.
     TooBig {
@@ -69,7 +74,7 @@ enum Fit {
 
 impl Fit {
     fn ok(self) -> bool {
-        !matches!(self, Fit::TooBig { .. })
+        !matches!(self, Fit::TooBig { .. } | Fit::Offloaded { .. })
     }
 }
 
@@ -78,7 +83,13 @@ fn fit(config: &Config, snapshot: &Snapshot, tier: Tier) -> Fit {
         return Fit::Unknown;
     };
     let t = config.tier(tier);
-    if snapshot.loaded(&t.model).is_some() {
+    if let Some(loaded) = snapshot.loaded(&t.model) {
+        if loaded.offloaded() {
+            return Fit::Offloaded {
+                vram_mb: loaded.vram_mb,
+                size_mb: loaded.size_mb,
+            };
+        }
         return Fit::Loaded;
     }
     let needed_mb = t.vram_mb.saturating_add(config.vram.headroom_mb);
@@ -120,11 +131,17 @@ pub fn route(
                 return Err(Error::TierDisabled(tier));
             }
             reasons.push(format!("{tier} tier forced by the request"));
-            if let Fit::TooBig { needed_mb, free_mb } = fit(config, snapshot, tier) {
-                warning = Some(format!(
-                    "{} needs about {needed_mb} MB of VRAM but {free_mb} MB is free: it will evict other models or run partly on the CPU",
-                    config.tier(tier).model
-                ));
+            match fit(config, snapshot, tier) {
+                Fit::TooBig { needed_mb, free_mb } => {
+                    warning = Some(format!(
+                        "{} needs about {needed_mb} MB of VRAM but {free_mb} MB is free: it will evict other models or run partly on the CPU",
+                        config.tier(tier).model
+                    ));
+                }
+                Fit::Offloaded { vram_mb, size_mb } => {
+                    warning = Some(offload_warning(&config.tier(tier).model, vram_mb, size_mb));
+                }
+                _ => {}
             }
             tier
         }
@@ -202,6 +219,12 @@ fn choose(
                     t.model
                 ));
             }
+            Fit::Offloaded { vram_mb, size_mb } => {
+                reasons.push(format!(
+                    "{tier} ({}) is loaded with only {vram_mb} of {size_mb} MB in VRAM, the rest on the CPU",
+                    t.model
+                ));
+            }
             _ => {
                 if tier != preferred {
                     reasons.push(format!("moved from {preferred} to {tier}"));
@@ -213,6 +236,15 @@ fn choose(
                         ));
                     }
                 }
+                return tier;
+            }
+        }
+    }
+    // Nothing fits fully: a model already loaded, even partly on the CPU, answers at once.
+    for &tier in ranking {
+        if let Fit::Offloaded { vram_mb, size_mb } = fit(config, snapshot, tier) {
+            if config.tier(tier).enabled {
+                *warning = Some(offload_warning(&config.tier(tier).model, vram_mb, size_mb));
                 return tier;
             }
         }
@@ -231,6 +263,12 @@ fn choose(
         config.tier(smallest).model
     ));
     smallest
+}
+
+fn offload_warning(model: &str, vram_mb: u64, size_mb: u64) -> String {
+    format!(
+        "{model} runs partly on the CPU ({vram_mb} of {size_mb} MB in VRAM): answers will be slow"
+    )
 }
 
 /// The chosen tier's other endpoints, then the other enabled tiers that fit, in preference order.
@@ -411,6 +449,35 @@ mod tests {
         );
         assert_eq!(d.tier, Tier::Fast);
         assert!(d.warning.is_some());
+    }
+
+    #[test]
+    fn an_offloaded_model_is_avoided_when_another_fits() {
+        let mut snapshot = gpu(30_000, &[]);
+        snapshot.loaded.push(LoadedModel {
+            name: "llama3.1:70b".into(),
+            size_mb: 42_000,
+            vram_mb: 20_000,
+            ..LoadedModel::default()
+        });
+        let d = decide(&cfg(""), &snapshot, &analysis(0.1, 0.2, 0.7));
+        assert_eq!(d.tier, Tier::Coder);
+        assert!(
+            d.reasons.iter().any(|r| r.contains("20000 of 42000 MB")),
+            "{:?}",
+            d.reasons
+        );
+        // With nothing else fitting, the offloaded model still answers, with a warning.
+        snapshot.gpu = Some(GpuMemory {
+            total_mb: 81_920,
+            free_mb: 100,
+        });
+        let d = decide(&cfg(""), &snapshot, &analysis(0.1, 0.2, 0.7));
+        assert_eq!(d.tier, Tier::Heavy);
+        assert!(d
+            .warning
+            .as_deref()
+            .is_some_and(|w| w.contains("partly on the CPU")));
     }
 
     #[test]

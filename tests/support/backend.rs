@@ -19,6 +19,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -117,7 +118,13 @@ impl TestBackend {
                 .build()
                 .expect("runtime");
             runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+                // Nagle's algorithm would hold back the first small chunk for a delayed ACK and
+                // turn every first-token measurement into ~40 ms.
+                let listener = tokio::net::TcpListener::from_std(listener)
+                    .expect("tokio listener")
+                    .tap_io(|tcp| {
+                        let _ = tcp.set_nodelay(true);
+                    });
                 let app = router(app_state);
                 let _ = axum::serve(listener, app)
                     .with_graceful_shutdown(async {
@@ -444,7 +451,7 @@ async fn answer(
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
         for token in tokens.iter().take(limit) {
-            if let Some(ms) = delay {
+            if let Some(ms) = delay.filter(|ms| *ms > 0) {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
             }
             if !send(chunk(dialect, &model, token)).await {
