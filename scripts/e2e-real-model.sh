@@ -120,6 +120,7 @@ SERVER_CMD=(
   "$SERVER_BIN"
   --model "$MODEL_FILE"
   --host 127.0.0.1 --port "$PORT"
+  --alias gemma-3-270m-q4_k_m
   --ctx-size 4096 -np 1 --threads "$(nproc)"
   --jinja --chat-template-file "$TEMPLATE"
 )
@@ -221,10 +222,10 @@ assert len(ids) >= 1 and all(isinstance(i, str) and i for i in ids), f"model ids
 else
   fail "GET /v1/models (curl exit $RC)"
 fi
-MODEL_ID="${MODEL_ID:-gemma-3-270m}"
+MODEL_ID="${MODEL_ID:-gemma-3-270m-q4_k_m}"
 echo "model id: $MODEL_ID"
 
-chat_body() { # chat_body STREAM PROMPT
+chat_body() { # chat_body STREAM PROMPT FILE: write a request body to FILE and print it
   "$PY" -c '
 import json, sys
 body = {
@@ -239,11 +240,14 @@ body = {
 if body["stream"]:
     body["stream_options"] = {"include_usage": True}
 print(json.dumps(body))
-' "$MODEL_ID" "$1" "$2" "$MAX_TOKENS"
+' "$MODEL_ID" "$1" "$2" "$MAX_TOKENS" >"$3"
+  printf '\n--- request body %s\n' "$3"
+  cat "$3"
 }
 
+chat_body false 'Say hello in one short sentence.' "$TMP/chat.json"
 run curl -sS --fail-with-body --max-time 120 -H 'Content-Type: application/json' \
-  -d "$(chat_body false 'Say hello in one short sentence.')" "$BASE/v1/chat/completions"
+  -d @"$TMP/chat.json" "$BASE/v1/chat/completions"
 if [ "$RC" = 0 ]; then
   pycheck "POST /v1/chat/completions (non-streaming) answers" '
 import json, sys
@@ -261,8 +265,9 @@ else
   fail "POST /v1/chat/completions non-streaming (curl exit $RC)"
 fi
 
+chat_body true 'Name three colours.' "$TMP/chat-stream.json"
 run curl -sS -N --fail-with-body --max-time 120 -H 'Content-Type: application/json' \
-  -d "$(chat_body true 'Name three colours.')" "$BASE/v1/chat/completions"
+  -d @"$TMP/chat-stream.json" "$BASE/v1/chat/completions"
 if [ "$RC" = 0 ]; then
   pycheck "POST /v1/chat/completions (stream: true) is SSE ending in [DONE]" '
 import json, sys

@@ -62,6 +62,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the language server on stdin/stdout (what editors start).
+    Serve,
     /// Route a prompt and stream the model's answer to stdout.
     Ask(AskArgs),
     /// Endpoints, models present and loaded, GPU memory, tiers and per-model statistics.
@@ -205,6 +207,12 @@ impl TrainingFlags {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
+        Command::Serve => {
+            let sources = config::Sources::from_env(cli.config);
+            runtime()?
+                .block_on(crate::lsp::serve(sources))
+                .map_err(usage)
+        }
         Command::Ask(args) => {
             // The exact tokenizer builds while configuration, GPU and backends are read.
             analyze::tokens::warm_up();
@@ -349,7 +357,7 @@ fn route_command(config: &Config, args: RouteArgs) -> Result<(), Failure> {
     let decision = route::route(config, &snapshot, &analysis, &force).map_err(usage)?;
     let mut out = std::io::stdout().lock();
     let text = if args.json {
-        decision_json(None, &decision, &analysis, config).to_string()
+        engine::decision_json(None, &decision, &analysis, config).to_string()
     } else {
         render_decision(&decision, &analysis, config)
     };
@@ -386,7 +394,7 @@ fn route_jsonl(
             Ok((analysis, decision)) => {
                 results.push((
                     line.number,
-                    decision_json(r.id.as_deref(), &decision, &analysis, config),
+                    engine::decision_json(r.id.as_deref(), &decision, &analysis, config),
                 ));
             }
             Err(message) => errors.push(eval::LineError {
@@ -418,46 +426,6 @@ fn route_jsonl(
         errors.len() + results.len() - errors.len(),
         listed.join("\n")
     )))
-}
-
-fn decision_json(
-    id: Option<&str>,
-    d: &Decision,
-    a: &Analysis,
-    config: &Config,
-) -> serde_json::Value {
-    let mut value = json!({
-        "tier": d.tier,
-        "model": d.model,
-        "endpoint": d.endpoint,
-        "url": config.endpoints.get(&d.endpoint).map(|e| e.url.as_str()),
-        "confidence": round3(d.confidence),
-        "reasons": d.reasons,
-        "warning": d.warning,
-        "fallbacks": d.fallbacks,
-        "analysis": {
-            "language": a.language,
-            "intent": a.intent,
-            "shell": a.shell,
-            "code": a.code,
-            "error_output": a.error_output,
-            "complexity": round3(a.complexity),
-            "tokens": a.tokens,
-            "scores": {
-                "fast": round3(a.scores.fast),
-                "coder": round3(a.scores.coder),
-                "heavy": round3(a.scores.heavy),
-            },
-        },
-    });
-    if let (Some(id), Some(map)) = (id, value.as_object_mut()) {
-        map.insert("id".to_string(), json!(id));
-    }
-    value
-}
-
-fn round3(x: f32) -> f64 {
-    (x as f64 * 1000.0).round() / 1000.0
 }
 
 fn render_decision(d: &Decision, a: &Analysis, config: &Config) -> String {
@@ -852,7 +820,7 @@ fn ask_command(config: Config, args: AskArgs) -> Result<(), Failure> {
     match result {
         Ok(answer) => {
             if json {
-                println!("{}", answer_json(&answer, None));
+                println!("{}", engine::answer_json(&answer, None));
             } else {
                 println!();
                 eprintln!("{}", answer_summary(&answer));
@@ -867,7 +835,7 @@ fn ask_command(config: Config, args: AskArgs) -> Result<(), Failure> {
         }) => {
             if json {
                 let value = match &partial {
-                    Some(p) => answer_json(p, Some(&message)),
+                    Some(p) => engine::answer_json(p, Some(&message)),
                     None => json!({ "error": message, "fallbacks": fallbacks }),
                 };
                 println!("{value}");
@@ -877,17 +845,6 @@ fn ask_command(config: Config, args: AskArgs) -> Result<(), Failure> {
             Err(Failure::Request(message))
         }
     }
-}
-
-fn answer_json(answer: &engine::Answer, error: Option<&str>) -> serde_json::Value {
-    let mut value = serde_json::to_value(answer).unwrap_or_else(|_| json!({}));
-    if let Some(map) = value.as_object_mut() {
-        map.insert("confidence".to_string(), json!(round3(answer.confidence)));
-        if let Some(e) = error {
-            map.insert("error".to_string(), json!(e));
-        }
-    }
-    value
 }
 
 fn answer_summary(a: &engine::Answer) -> String {

@@ -143,12 +143,34 @@ impl Default for VramConfig {
     }
 }
 
+/// Inline completions (fill-in-the-middle) in the language server.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompletionConfig {
+    pub enabled: bool,
+    /// The tier whose model completes; it must support `insert` (fill-in-the-middle).
+    pub tier: Tier,
+    /// Longest completion, in tokens.
+    pub max_tokens: u32,
+}
+
+impl Default for CompletionConfig {
+    fn default() -> Self {
+        CompletionConfig {
+            enabled: true,
+            tier: Tier::Fast,
+            max_tokens: 128,
+        }
+    }
+}
+
 /// The whole validated configuration.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Config {
     pub endpoints: BTreeMap<String, Endpoint>,
     pub tiers: BTreeMap<Tier, TierConfig>,
     pub vram: VramConfig,
+    pub completion: CompletionConfig,
 }
 
 impl Config {
@@ -188,6 +210,8 @@ struct RawConfig {
     tiers: RawTiers,
     #[serde(default)]
     vram: Option<VramConfig>,
+    #[serde(default)]
+    completion: Option<CompletionConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -280,6 +304,52 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
         name.as_deref().unwrap_or("(defaults)"),
         sources.ollama_host.as_deref(),
     )
+}
+
+/// Loads the file configuration as `load` does, with `overlay` (LSP `initializationOptions` or
+/// `didChangeConfiguration` settings, same schema) merged over it key by key.
+pub fn load_with_overlay(
+    sources: &Sources,
+    overlay: Option<&serde_json::Value>,
+) -> Result<Config, ConfigError> {
+    let Some(overlay) = overlay.filter(|v| v.as_object().is_some_and(|o| !o.is_empty())) else {
+        return load(sources);
+    };
+    let path = match (&sources.explicit_file, &sources.env_file) {
+        (Some(p), _) | (None, Some(p)) => Some(p.clone()),
+        (None, None) => user_config_path().filter(|p| p.is_file()),
+    };
+    let mut base = match &path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.clone(),
+                source,
+            })?;
+            let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                path: p.display().to_string(),
+                message: e.to_string().trim().replace('\n', " "),
+            })?;
+            serde_json::to_value(table).map_err(|e| ConfigError::Parse {
+                path: p.display().to_string(),
+                message: e.to_string(),
+            })?
+        }
+        None => serde_json::json!({}),
+    };
+    merge(&mut base, overlay);
+    from_json(&base, sources.ollama_host.as_deref())
+}
+
+/// Deep merge: objects merge key by key, anything else is replaced.
+fn merge(base: &mut serde_json::Value, overlay: &serde_json::Value) {
+    match (base, overlay) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
+            for (k, v) in o {
+                merge(b.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (b, o) => *b = o.clone(),
+    }
 }
 
 /// Builds a configuration from TOML text over the defaults.
@@ -432,10 +502,15 @@ fn build(raw: RawConfig, ollama_host: Option<&str>) -> Result<Config, ConfigErro
             "must not be above vram.critical_percent",
         ));
     }
+    let completion = raw.completion.unwrap_or_default();
+    if completion.max_tokens == 0 {
+        return Err(invalid("completion.max_tokens", "must be at least 1"));
+    }
     Ok(Config {
         endpoints,
         tiers,
         vram,
+        completion,
     })
 }
 
@@ -692,6 +767,35 @@ mod tests {
         .expect("valid");
         assert_eq!(c.tier(Tier::Fast).model, "phi3");
         assert!(from_json(&serde_json::json!({"tierz": {}}), None).is_err());
+    }
+
+    #[test]
+    fn lsp_settings_merge_over_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[tiers.fast]\nmodel = \"from-file\"\nvram_mb = 100\n",
+        )
+        .expect("write");
+        let sources = Sources {
+            explicit_file: Some(file),
+            ..Sources::default()
+        };
+        let overlay = serde_json::json!({"tiers": {"fast": {"model": "from-editor"}}, "completion": {"tier": "coder"}});
+        let c = load_with_overlay(&sources, Some(&overlay)).expect("valid");
+        assert_eq!(c.tier(Tier::Fast).model, "from-editor");
+        assert_eq!(c.tier(Tier::Fast).vram_mb, 100);
+        assert_eq!(c.completion.tier, Tier::Coder);
+        let bad = serde_json::json!({"tiers": {"fast": {"modle": "x"}}});
+        assert!(load_with_overlay(&sources, Some(&bad)).is_err());
+        assert_eq!(
+            load_with_overlay(&sources, Some(&serde_json::json!({})))
+                .expect("valid")
+                .tier(Tier::Fast)
+                .model,
+            "from-file"
+        );
     }
 
     #[test]

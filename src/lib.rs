@@ -13,5 +13,6 @@ pub mod config;
 pub mod context;
 pub mod engine;
 pub mod eval;
+pub mod lsp;
 pub mod route;
 pub mod vram;

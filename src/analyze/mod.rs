@@ -139,6 +139,7 @@ pub enum Error {
 }
 
 /// Analyses requests with a trained model.
+#[derive(Clone)]
 pub struct Analyzer {
     model: model::Model,
 }

@@ -14,6 +14,7 @@ pub mod status;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use serde_json::json;
 use tracing::{debug, info, warn};
 
 use crate::analyze::{Action, Analysis, Analyzer, Query};
@@ -123,8 +124,8 @@ pub struct Engine {
     config: Config,
     client: backend::Client,
     analyzer: Analyzer,
-    pub stats: Stats,
-    breakers: Breakers,
+    pub stats: std::sync::Arc<Stats>,
+    breakers: std::sync::Arc<Breakers>,
 }
 
 /// How one attempt ended badly.
@@ -153,14 +154,26 @@ impl Engine {
         config: Config,
         client: backend::Client,
         analyzer: Analyzer,
-        stats: Stats,
+        stats: impl Into<std::sync::Arc<Stats>>,
     ) -> Engine {
         Engine {
             config,
             client,
             analyzer,
-            stats,
-            breakers: Breakers::default(),
+            stats: stats.into(),
+            breakers: std::sync::Arc::default(),
+        }
+    }
+
+    /// The same engine with a new configuration: statistics, breakers and the connection pool
+    /// carry over.
+    pub fn reconfigured(&self, config: Config) -> Engine {
+        Engine {
+            config,
+            client: self.client.clone(),
+            analyzer: self.analyzer.clone(),
+            stats: self.stats.clone(),
+            breakers: self.breakers.clone(),
         }
     }
 
@@ -582,6 +595,61 @@ fn fallback(candidate: &Candidate, error: String) -> Fallback {
         endpoint: candidate.endpoint.clone(),
         error,
     }
+}
+
+/// The JSON shape of a decision, shared by `triage route --json` and `triage/route`.
+pub fn decision_json(
+    id: Option<&str>,
+    d: &Decision,
+    a: &Analysis,
+    config: &Config,
+) -> serde_json::Value {
+    let mut value = json!({
+        "tier": d.tier,
+        "model": d.model,
+        "endpoint": d.endpoint,
+        "url": config.endpoints.get(&d.endpoint).map(|e| e.url.as_str()),
+        "confidence": round3(d.confidence),
+        "reasons": d.reasons,
+        "warning": d.warning,
+        "fallbacks": d.fallbacks,
+        "analysis": {
+            "language": a.language,
+            "intent": a.intent,
+            "shell": a.shell,
+            "code": a.code,
+            "error_output": a.error_output,
+            "complexity": round3(a.complexity),
+            "tokens": a.tokens,
+            "scores": {
+                "fast": round3(a.scores.fast),
+                "coder": round3(a.scores.coder),
+                "heavy": round3(a.scores.heavy),
+            },
+        },
+    });
+    if let (Some(id), Some(map)) = (id, value.as_object_mut()) {
+        map.insert("id".to_string(), json!(id));
+    }
+    value
+}
+
+/// The JSON shape of an answer, shared by `triage ask --json` and `triage/chat`; `error` is set
+/// when the answer is partial.
+pub fn answer_json(answer: &Answer, error: Option<&str>) -> serde_json::Value {
+    let mut value = serde_json::to_value(answer).unwrap_or_else(|_| json!({}));
+    if let Some(map) = value.as_object_mut() {
+        map.insert("confidence".to_string(), json!(round3(answer.confidence)));
+        if let Some(e) = error {
+            map.insert("error".to_string(), json!(e));
+        }
+    }
+    value
+}
+
+/// Rounds to three decimals for display.
+pub fn round3(x: f32) -> f64 {
+    (x as f64 * 1000.0).round() / 1000.0
 }
 
 fn ms(d: Duration) -> f64 {

@@ -1,0 +1,73 @@
+//! The language server (`triage serve`): LSP over stdio on tower-lsp-server.
+//!
+//! `documents` holds the open texts and every position conversion; `shell` finds shell commands
+//! inside documents; `server` implements the protocol. This module wires them up and guarantees
+//! the one ordering rule the framework does not: text-sync notifications are applied in the
+//! order they arrive (tower-lsp runs handlers concurrently), by the [`Ordered`] layer that sees
+//! each message before it is dispatched.
+
+pub mod documents;
+pub mod server;
+pub mod shell;
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tower_lsp_server::jsonrpc::{Request, Response};
+use tower_lsp_server::{LspService, Server as Transport};
+
+use crate::config;
+use server::{Server, State};
+
+/// Wraps the LSP service: applies `didOpen`/`didChange`/`didClose` to the document store in
+/// `call`, which the transport invokes strictly in message order, then passes the message on.
+struct Ordered<S> {
+    inner: S,
+    state: Arc<State>,
+}
+
+impl<S> tower::Service<Request> for Ordered<S>
+where
+    S: tower::Service<Request, Response = Option<Response>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        self.state.sync(request.method(), request.params());
+        self.inner.call(request)
+    }
+}
+
+/// How many requests may run at once. Generation requests wait on models for seconds; a low
+/// limit would let a few of them stall every other message, `$/cancelRequest` included.
+const CONCURRENCY: usize = 64;
+
+/// Serves LSP on stdin/stdout until the client says `exit`.
+pub async fn serve(sources: config::Sources) -> Result<(), String> {
+    let config = config::load(&sources).map_err(|e| e.to_string())?;
+    let state = Arc::new(State::new(sources, config).map_err(|e| e.to_string())?);
+    let (service, socket) = LspService::build({
+        let state = state.clone();
+        move |client| Server::new(client, state)
+    })
+    .custom_method("triage/chat", Server::chat)
+    .custom_method("triage/route", Server::route)
+    .custom_method("triage/status", Server::status)
+    .custom_method("textDocument/inlineCompletion", Server::inline_completion)
+    .finish();
+    let service = Ordered {
+        inner: service,
+        state,
+    };
+    Transport::new(tokio::io::stdin(), tokio::io::stdout(), socket)
+        .concurrency_level(CONCURRENCY)
+        .serve(service)
+        .await;
+    Ok(())
+}

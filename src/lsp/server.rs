@@ -1,0 +1,1161 @@
+//! The `LanguageServer` implementation: capabilities, text sync, code actions and commands,
+//! hover, completion, the custom `triage/*` methods, progress and status notifications.
+//!
+//! Handlers are short: they translate LSP types to engine requests (`from_proto`) and answers
+//! back (`to_proto`), nothing more. Documents are cloned (cheap ropes) and their lock dropped
+//! before any `.await`, so a hung backend never blocks another request.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tower_lsp_server::jsonrpc::{self, ErrorCode};
+use tower_lsp_server::ls_types::notification::Notification;
+use tower_lsp_server::ls_types::*;
+use tower_lsp_server::{Client, LanguageServer};
+
+use super::documents::{self, Documents, Encoding};
+use super::shell;
+use crate::analyze::{self, Action};
+use crate::backend::{self, FimRequest, Target};
+use crate::config::{self, Config, Tier};
+use crate::engine::{self, Engine, Progress};
+use crate::route::Force;
+use crate::vram::Monitor;
+
+/// Command names, as DESIGN.md fixes them.
+pub const COMMANDS: [(&str, &str, Action); 7] = [
+    ("triage.explain", "Explain", Action::Explain),
+    (
+        "triage.explainShell",
+        "Explain shell command",
+        Action::ExplainShell,
+    ),
+    ("triage.fix", "Fix", Action::Fix),
+    ("triage.refactor", "Refactor", Action::Refactor),
+    ("triage.docstring", "Add docstring", Action::Docstring),
+    ("triage.tests", "Write tests", Action::Tests),
+    (
+        "triage.ask",
+        "Ask the heavy model (deep analysis)",
+        Action::AskHeavy,
+    ),
+];
+
+/// The server's shared state.
+pub struct State {
+    pub(super) docs: Mutex<Documents>,
+    encoding: RwLock<Encoding>,
+    sources: config::Sources,
+    engine: RwLock<Arc<Engine>>,
+    monitor: RwLock<Monitor>,
+    hover_cache: Mutex<HashMap<String, String>>,
+    fim_capable: Mutex<HashMap<String, bool>>,
+    /// Per document: bumped by every change, so a running completion knows it is stale.
+    generations: Mutex<HashMap<Uri, tokio::sync::watch::Sender<u64>>>,
+    /// Models answering right now, for the status bar.
+    at_work: Mutex<Vec<String>>,
+    status_poke: tokio::sync::watch::Sender<u64>,
+    warned: Mutex<(Option<Instant>, HashMap<String, Instant>)>,
+    sync_errors: Mutex<Vec<String>>,
+    tokenizer_started: AtomicBool,
+    work_done_progress: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+fn read<T: Clone>(m: &RwLock<T>) -> T {
+    match m.read() {
+        Ok(g) => g.clone(),
+        Err(p) => p.into_inner().clone(),
+    }
+}
+
+fn write<T>(m: &RwLock<T>, value: T) {
+    match m.write() {
+        Ok(mut g) => *g = value,
+        Err(p) => *p.into_inner() = value,
+    }
+}
+
+impl State {
+    pub fn new(
+        sources: config::Sources,
+        config: Config,
+    ) -> Result<State, analyze::model::LoadError> {
+        let client = backend::Client::new(Duration::from_secs(3));
+        let stats = engine::stats::default_path()
+            .map(|p| engine::Stats::load(&p))
+            .unwrap_or_default();
+        let analyzer = analyze::Analyzer::builtin()?;
+        let monitor = Monitor::new(&config, client.clone());
+        Ok(State {
+            docs: Mutex::default(),
+            encoding: RwLock::new(Encoding::Utf16),
+            sources,
+            engine: RwLock::new(Arc::new(Engine::new(config, client, analyzer, stats))),
+            monitor: RwLock::new(monitor),
+            hover_cache: Mutex::default(),
+            fim_capable: Mutex::default(),
+            generations: Mutex::default(),
+            at_work: Mutex::default(),
+            status_poke: tokio::sync::watch::channel(0).0,
+            warned: Mutex::default(),
+            sync_errors: Mutex::default(),
+            tokenizer_started: AtomicBool::new(false),
+            work_done_progress: AtomicBool::new(false),
+        })
+    }
+
+    fn engine(&self) -> Arc<Engine> {
+        read(&self.engine)
+    }
+
+    fn encoding(&self) -> Encoding {
+        read(&self.encoding)
+    }
+
+    /// Applies a text-sync notification. Called by the ordering layer in the order messages
+    /// arrive, before any handler runs, so edits can never be reordered.
+    pub(super) fn sync(&self, method: &str, params: Option<&Value>) {
+        let Some(params) = params else { return };
+        let result = match method {
+            "textDocument/didOpen" => DidOpenTextDocumentParams::deserialize(params)
+                .map(|p| {
+                    let d = p.text_document;
+                    lock(&self.docs).open(d.uri, &d.text, d.version, d.language_id);
+                })
+                .map_err(|e| format!("didOpen: {e}")),
+            "textDocument/didChange" => match DidChangeTextDocumentParams::deserialize(params) {
+                Ok(p) => {
+                    let uri = p.text_document.uri;
+                    let applied = lock(&self.docs).change(
+                        &uri,
+                        p.text_document.version,
+                        &p.content_changes,
+                        self.encoding(),
+                    );
+                    if let Some(g) = lock(&self.generations).get(&uri) {
+                        g.send_modify(|v| *v += 1);
+                    }
+                    applied.map_err(|e| e.to_string())
+                }
+                Err(e) => Err(format!("didChange: {e}")),
+            },
+            "textDocument/didClose" => DidCloseTextDocumentParams::deserialize(params)
+                .map(|p| {
+                    lock(&self.docs).close(&p.text_document.uri);
+                    lock(&self.generations).remove(&p.text_document.uri);
+                })
+                .map_err(|e| format!("didClose: {e}")),
+            _ => Ok(()),
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "text sync");
+            lock(&self.sync_errors).push(e);
+        }
+    }
+
+    fn generation(&self, uri: &Uri) -> tokio::sync::watch::Receiver<u64> {
+        lock(&self.generations)
+            .entry(uri.clone())
+            .or_insert_with(|| tokio::sync::watch::channel(0).0)
+            .subscribe()
+    }
+}
+
+/// The LSP front end.
+pub struct Server {
+    client: Client,
+    state: Arc<State>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Server {
+    pub fn new(client: Client, state: Arc<State>) -> Server {
+        Server {
+            client,
+            state,
+            tasks: Mutex::default(),
+        }
+    }
+
+    async fn report_sync_errors(&self) {
+        let errors: Vec<String> = std::mem::take(&mut *lock(&self.state.sync_errors));
+        for e in errors {
+            self.client
+                .log_message(MessageType::ERROR, format!("triage: {e}"))
+                .await;
+        }
+    }
+
+    /// A warning the user should see, at most once a minute per text and once in 5 s overall.
+    async fn warn_user(&self, text: String) {
+        let show = {
+            let mut w = lock(&self.state.warned);
+            let now = Instant::now();
+            let recent_any =
+                w.0.is_some_and(|t| now.duration_since(t) < Duration::from_secs(5));
+            let recent_same =
+                w.1.get(&text)
+                    .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(60));
+            if recent_any || recent_same {
+                false
+            } else {
+                w.0 = Some(now);
+                w.1.insert(text.clone(), now);
+                true
+            }
+        };
+        self.client
+            .log_message(MessageType::WARNING, format!("triage: {text}"))
+            .await;
+        if show {
+            self.client
+                .show_message(MessageType::WARNING, format!("triage: {text}"))
+                .await;
+        }
+    }
+
+    fn apply_config(&self, overlay: Option<&Value>) -> Result<(), String> {
+        let config =
+            config::load_with_overlay(&self.state.sources, overlay).map_err(|e| e.to_string())?;
+        let engine = self.state.engine().reconfigured(config.clone());
+        write(&self.state.engine, Arc::new(engine));
+        let monitor = Monitor::new(&config, self.state.engine().client().clone());
+        write(&self.state.monitor, monitor);
+        lock(&self.state.fim_capable).clear();
+        Ok(())
+    }
+
+    /// Runs a request through the engine, streaming deltas to `on_delta` (in order) and
+    /// reporting "Loading <model>… N s" on `progress` while no token has come.
+    async fn run(
+        &self,
+        request: engine::Request,
+        progress: Option<ProgressToken>,
+        deltas: Option<ProgressToken>,
+    ) -> Result<engine::Answer, engine::Error> {
+        let engine = self.state.engine();
+        let snapshot = read(&self.state.monitor).snapshot(Duration::from_secs(1));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+        enum Event {
+            Routed(Option<String>),
+            Trying(String),
+            FellBack(String),
+            Delta(String),
+        }
+        let client = self.client.clone();
+        let delta_token = deltas.clone();
+        let work_token = progress.clone();
+        let forwarder = tokio::spawn(async move {
+            let mut first = true;
+            while let Some(event) = rx.recv().await {
+                match event {
+                    Event::Delta(text) => {
+                        if let Some(token) = &delta_token {
+                            send_progress(
+                                &client,
+                                token,
+                                json!({ "kind": "report", "message": text, "delta": text }),
+                            )
+                            .await;
+                        }
+                        if first {
+                            first = false;
+                            if let Some(token) = &work_token {
+                                if delta_token.as_ref() != Some(token) {
+                                    send_progress(
+                                        &client,
+                                        token,
+                                        json!({"kind": "report", "message": "answering…"}),
+                                    )
+                                    .await;
+                                }
+                            }
+                        }
+                    }
+                    Event::Routed(Some(warning)) | Event::FellBack(warning) => {
+                        client
+                            .log_message(MessageType::WARNING, format!("triage: {warning}"))
+                            .await;
+                    }
+                    Event::Trying(model) => {
+                        if let Some(token) = &work_token {
+                            send_progress(
+                                &client,
+                                token,
+                                json!({"kind": "report", "message": format!("Asking {model}…")}),
+                            )
+                            .await;
+                        }
+                    }
+                    Event::Routed(None) => {}
+                }
+            }
+        });
+        let current = Arc::new(Mutex::new((String::new(), false)));
+        let seen = current.clone();
+        let started = Instant::now();
+        // In a block, so that the progress closure (holding the sender) is gone before the
+        // forwarder is awaited.
+        let result = {
+            let mut on_progress = move |p: Progress<'_>| {
+                let event = match p {
+                    Progress::Routed(d) => Event::Routed(d.warning.clone()),
+                    Progress::Trying(c) => {
+                        *lock(&seen) = (c.model.clone(), false);
+                        Event::Trying(c.model.clone())
+                    }
+                    Progress::FellBack { from, error } => Event::FellBack(format!(
+                        "{} on {} failed: {error}",
+                        from.model, from.endpoint
+                    )),
+                    Progress::Delta(d) => {
+                        lock(&seen).1 = true;
+                        Event::Delta(d.to_string())
+                    }
+                };
+                let _ = tx.send(event);
+            };
+            let run = engine.run(&request, &snapshot, &mut on_progress);
+            tokio::pin!(run);
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    result = &mut run => break result,
+                    _ = tick.tick() => {
+                        let (model, answering) = lock(&current).clone();
+                        if !answering && !model.is_empty() {
+                            self.set_at_work(&model, true);
+                            if let Some(token) = &progress {
+                                let message = format!("Loading {model}… {} s", started.elapsed().as_secs());
+                                send_progress(&self.client, token, json!({"kind": "report", "message": message})).await;
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        let _ = forwarder.await;
+        let (model, _) = lock(&current).clone();
+        self.set_at_work(&model, false);
+        if let Ok(answer) = &result {
+            if let Some(w) = &answer.warning {
+                self.warn_user(w.clone()).await;
+            }
+            if !answer.fallbacks.is_empty() {
+                let failed: Vec<String> = answer
+                    .fallbacks
+                    .iter()
+                    .map(|f| format!("{} ({})", f.model, f.error))
+                    .collect();
+                self.warn_user(format!(
+                    "answered by {} after {} failed",
+                    answer.model,
+                    failed.join("; ")
+                ))
+                .await;
+            }
+        }
+        result
+    }
+
+    fn set_at_work(&self, model: &str, working: bool) {
+        if model.is_empty() {
+            return;
+        }
+        let mut at_work = lock(&self.state.at_work);
+        let had = at_work.iter().any(|m| m == model);
+        if working && !had {
+            at_work.push(model.to_string());
+        } else if !working && had {
+            if let Some(i) = at_work.iter().position(|m| m == model) {
+                at_work.remove(i);
+            }
+        } else {
+            return;
+        }
+        drop(at_work);
+        self.state.status_poke.send_modify(|v| *v += 1);
+    }
+
+    /// Starts server-initiated work-done progress, if the client supports it.
+    async fn begin_progress(&self, title: &str) -> Option<ProgressToken> {
+        if !self.state.work_done_progress.load(Ordering::Relaxed) {
+            return None;
+        }
+        let token = ProgressToken::String(format!("triage/{}", uuid_like()));
+        self.client
+            .create_work_done_progress(token.clone())
+            .await
+            .ok()?;
+        send_progress(
+            &self.client,
+            &token,
+            json!({"kind": "begin", "title": title, "cancellable": true}),
+        )
+        .await;
+        Some(token)
+    }
+
+    async fn end_progress(&self, token: Option<ProgressToken>, message: &str) {
+        if let Some(token) = token {
+            send_progress(
+                &self.client,
+                &token,
+                json!({"kind": "end", "message": message}),
+            )
+            .await;
+        }
+    }
+
+    /// The text of `range` in a document (the whole line when the range is empty), its
+    /// languageId and version, with the document lock released.
+    fn selection(&self, uri: &Uri, range: Range) -> jsonrpc::Result<(String, String, i32, Range)> {
+        let doc = lock(&self.state.docs)
+            .get(uri)
+            .cloned()
+            .ok_or_else(|| invalid_params(format!("{} is not open", uri.as_str())))?;
+        let encoding = self.state.encoding();
+        let (chars, range) = if range.start == range.end {
+            let line = range.start.line as usize;
+            if line >= doc.text.len_lines() {
+                return Err(invalid_params(format!(
+                    "line {line} is past the end of the document"
+                )));
+            }
+            let start = doc.text.line_to_char(line);
+            let end = start + documents::line_content(&doc.text, line).len_chars();
+            let range = Range {
+                start: documents::to_position(&doc.text, start, encoding),
+                end: documents::to_position(&doc.text, end, encoding),
+            };
+            (start..end, range)
+        } else {
+            (
+                documents::to_chars(&doc.text, range, encoding)
+                    .map_err(|e| invalid_params(e.to_string()))?,
+                range,
+            )
+        };
+        Ok((
+            doc.text.slice(chars).to_string(),
+            doc.language_id,
+            doc.version,
+            range,
+        ))
+    }
+
+    async fn status_loop(state: Arc<State>, client: Client) {
+        let mut poke = state.status_poke.subscribe();
+        let mut last: Option<Value> = None;
+        let mut last_sent = Instant::now() - Duration::from_secs(2);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                changed = poke.changed() => if changed.is_err() { return },
+            }
+            let since = last_sent.elapsed();
+            if since < Duration::from_secs(1) {
+                // At most one notification a second.
+                tokio::time::sleep(Duration::from_secs(1) - since).await;
+            }
+            let monitor = read(&state.monitor);
+            let snapshot = monitor.refresh().await;
+            let engine = state.engine();
+            let payload = json!({
+                "vram": snapshot.gpu.map(|g| json!({"used_mb": g.total_mb.saturating_sub(g.free_mb), "total_mb": g.total_mb})),
+                "level": snapshot.level(&engine.config().vram),
+                "loaded": snapshot.loaded.iter().map(|m| json!({
+                    "name": m.name, "endpoint": m.endpoint, "size_mb": m.size_mb, "vram_mb": m.vram_mb, "expires_at": m.expires_at,
+                })).collect::<Vec<_>>(),
+                "working": lock(&state.at_work).first().cloned(),
+            });
+            if last.as_ref() != Some(&payload) {
+                client
+                    .send_notification::<StatusNotification>(payload.clone())
+                    .await;
+                last = Some(payload);
+                last_sent = Instant::now();
+            }
+        }
+    }
+}
+
+fn uuid_like() -> String {
+    use std::sync::atomic::AtomicU64;
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// `triage/status`, server → client.
+pub enum StatusNotification {}
+
+impl Notification for StatusNotification {
+    type Params = Value;
+    const METHOD: &'static str = "triage/status";
+}
+
+/// `$/progress` with a free-form value (work-done reports and partial results alike).
+enum ProgressNotification {}
+
+impl Notification for ProgressNotification {
+    type Params = Value;
+    const METHOD: &'static str = "$/progress";
+}
+
+async fn send_progress(client: &Client, token: &ProgressToken, value: Value) {
+    let token = match token {
+        ProgressToken::Number(n) => json!(n),
+        ProgressToken::String(s) => json!(s),
+    };
+    client
+        .send_notification::<ProgressNotification>(json!({ "token": token, "value": value }))
+        .await;
+}
+
+fn invalid_params(message: String) -> jsonrpc::Error {
+    jsonrpc::Error {
+        code: ErrorCode::InvalidParams,
+        message: message.into(),
+        data: None,
+    }
+}
+
+fn engine_error(e: engine::Error) -> jsonrpc::Error {
+    match e {
+        engine::Error::Input(message) => invalid_params(message),
+        engine::Error::Failed {
+            message,
+            partial,
+            fallbacks,
+        } => jsonrpc::Error {
+            // RequestFailed (LSP 3.17).
+            code: ErrorCode::ServerError(-32803),
+            data: Some(match partial {
+                Some(p) => engine::answer_json(&p, Some(&message)),
+                None => json!({ "error": message, "fallbacks": fallbacks }),
+            }),
+            message: message.into(),
+        },
+    }
+}
+
+/// Parameters of `triage/chat` and `triage/route`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatParams {
+    #[serde(default)]
+    pub prompt: String,
+    pub text_document: Option<TextDocumentIdentifier>,
+    pub range: Option<Range>,
+    pub tier: Option<String>,
+    pub model: Option<String>,
+    pub partial_result_token: Option<ProgressToken>,
+    pub work_done_token: Option<ProgressToken>,
+}
+
+/// The argument of every `triage.*` command.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CommandArgs {
+    uri: Uri,
+    range: Range,
+    #[serde(default)]
+    prompt: Option<String>,
+}
+
+impl Server {
+    fn request_from_chat(&self, p: &ChatParams) -> jsonrpc::Result<engine::Request> {
+        let (selection, language_id) = match (&p.text_document, p.range) {
+            (Some(doc), Some(range)) => {
+                let (text, language, _, _) = self.selection(&doc.uri, range)?;
+                (Some(text), Some(language))
+            }
+            (Some(doc), None) => (
+                None,
+                lock(&self.state.docs)
+                    .get(&doc.uri)
+                    .map(|d| d.language_id.clone()),
+            ),
+            _ => (None, None),
+        };
+        let tier = p
+            .tier
+            .as_deref()
+            .map(str::parse::<Tier>)
+            .transpose()
+            .map_err(invalid_params)?;
+        Ok(engine::Request {
+            prompt: p.prompt.clone(),
+            selection,
+            language_id,
+            action: None,
+            force: Force {
+                tier,
+                model: p.model.clone(),
+            },
+        })
+    }
+
+    pub async fn chat(&self, params: ChatParams) -> jsonrpc::Result<Value> {
+        let request = self.request_from_chat(&params)?;
+        let deltas = params
+            .partial_result_token
+            .clone()
+            .or(params.work_done_token.clone());
+        let answer = self
+            .run(request, params.work_done_token.clone(), deltas)
+            .await
+            .map_err(engine_error)?;
+        Ok(engine::answer_json(&answer, None))
+    }
+
+    pub async fn route(&self, params: ChatParams) -> jsonrpc::Result<Value> {
+        let request = self.request_from_chat(&params)?;
+        let engine = self.state.engine();
+        let snapshot = read(&self.state.monitor).snapshot(Duration::from_secs(1));
+        let (analysis, decision) = engine.decide(&request, &snapshot).map_err(engine_error)?;
+        Ok(engine::decision_json(
+            None,
+            &decision,
+            &analysis,
+            engine.config(),
+        ))
+    }
+
+    pub async fn status(&self) -> jsonrpc::Result<Value> {
+        let engine = self.state.engine();
+        let monitor = read(&self.state.monitor);
+        let status = engine::status::gather(&engine, &monitor).await;
+        serde_json::to_value(status).map_err(|e| jsonrpc::Error::invalid_params(e.to_string()))
+    }
+
+    pub async fn inline_completion(
+        &self,
+        params: InlineCompletionParams,
+    ) -> jsonrpc::Result<Option<InlineCompletionResponse>> {
+        let position = params.text_document_position;
+        let Some(text) = self
+            .fill_in_middle(&position.text_document.uri, position.position)
+            .await?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(InlineCompletionResponse::Array(vec![
+            InlineCompletionItem {
+                insert_text: text,
+                filter_text: None,
+                range: Some(Range {
+                    start: position.position,
+                    end: position.position,
+                }),
+                command: None,
+                insert_text_format: Some(InsertTextFormat::PLAIN_TEXT),
+            },
+        ])))
+    }
+
+    /// A fill-in-the-middle completion at `position`, or `None` when completion is off, the
+    /// model cannot insert, or the document changed meanwhile.
+    async fn fill_in_middle(
+        &self,
+        uri: &Uri,
+        position: Position,
+    ) -> jsonrpc::Result<Option<String>> {
+        let engine = self.state.engine();
+        let completion = engine.config().completion;
+        if !completion.enabled {
+            return Ok(None);
+        }
+        let mut generation = self.state.generation(uri);
+        let started_at = *generation.borrow_and_update();
+        let doc = lock(&self.state.docs).get(uri).cloned();
+        let Some(doc) = doc else { return Ok(None) };
+        let at = documents::to_char(&doc.text, position, self.state.encoding())
+            .map_err(|e| invalid_params(e.to_string()))?;
+        let prefix_start = at.saturating_sub(4000);
+        let suffix_end = (at + 2000).min(doc.text.len_chars());
+        let tier = engine.config().tier(completion.tier).clone();
+        let Some((name, endpoint)) = tier.endpoints.iter().find_map(|n| {
+            engine
+                .config()
+                .endpoints
+                .get(n)
+                .map(|e| (n.clone(), e.clone()))
+        }) else {
+            return Ok(None);
+        };
+        let target = Target {
+            name: &name,
+            endpoint: &endpoint,
+        };
+        if !self.can_insert(engine.client(), target, &tier.model).await {
+            return Ok(None);
+        }
+        let request = FimRequest {
+            model: tier.model.clone(),
+            prefix: doc.text.slice(prefix_start..at).to_string(),
+            suffix: doc.text.slice(at..suffix_end).to_string(),
+            keep_alive: Some(tier.keep_alive.clone()),
+            num_ctx: Some(tier.num_ctx),
+            max_tokens: Some(completion.max_tokens),
+        };
+        let collect = async {
+            let mut stream = engine
+                .client()
+                .fill_in_middle(target, &request)
+                .await
+                .ok()?;
+            let mut text = String::new();
+            let deadline =
+                Instant::now() + Duration::from_secs_f64(tier.timeouts.first_token_s.min(15.0));
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left, stream.next()).await {
+                    Ok(Some(Ok(backend::Event::Delta(d)))) => text.push_str(&d),
+                    Ok(Some(Ok(backend::Event::Done(_)))) => return Some(text),
+                    _ => return (!text.is_empty()).then_some(text),
+                }
+            }
+        };
+        tokio::select! {
+            text = collect => Ok(text.filter(|t| !t.trim().is_empty())),
+            // A keystroke (a newer document version) makes this completion stale: drop it,
+            // which closes the model's stream.
+            _ = async {
+                while generation.changed().await.is_ok() {
+                    if *generation.borrow() != started_at {
+                        return;
+                    }
+                }
+                std::future::pending::<()>().await
+            } => Ok(None),
+        }
+    }
+
+    async fn can_insert(&self, client: &backend::Client, target: Target<'_>, model: &str) -> bool {
+        if let Some(known) = lock(&self.state.fim_capable).get(model) {
+            return *known;
+        }
+        let capable = match client.show(target, model).await {
+            Ok(info) => info.capabilities.iter().any(|c| c == "insert"),
+            Err(_) => false,
+        };
+        if !capable {
+            self.client
+                .log_message(
+                    MessageType::INFO,
+                    format!(
+                        "triage: {model} cannot fill in the middle; completions are off for it"
+                    ),
+                )
+                .await;
+        }
+        lock(&self.state.fim_capable).insert(model.to_string(), capable);
+        capable
+    }
+}
+
+/// The first fenced code block of an answer, or the whole answer when it has none.
+pub fn code_of(answer: &str) -> String {
+    let mut inside = false;
+    let mut code = Vec::new();
+    for line in answer.lines() {
+        if line.trim_start().starts_with("```") {
+            if inside {
+                return code.join("\n");
+            }
+            inside = true;
+            continue;
+        }
+        if inside {
+            code.push(line);
+        }
+    }
+    if inside && !code.is_empty() {
+        return code.join("\n");
+    }
+    answer.trim().to_string()
+}
+
+impl LanguageServer for Server {
+    async fn initialize(&self, params: InitializeParams) -> jsonrpc::Result<InitializeResult> {
+        let general = params.capabilities.general.as_ref();
+        let encoding = Encoding::negotiate(general.and_then(|g| g.position_encodings.as_deref()));
+        write(&self.state.encoding, encoding);
+        let work_done = params
+            .capabilities
+            .window
+            .as_ref()
+            .and_then(|w| w.work_done_progress)
+            .unwrap_or(false);
+        self.state
+            .work_done_progress
+            .store(work_done, Ordering::Relaxed);
+        if let Err(e) = self.apply_config(params.initialization_options.as_ref()) {
+            // Keep the file (or built-in) configuration and say why.
+            let _ = self.apply_config(None);
+            self.client
+                .show_message(
+                    MessageType::ERROR,
+                    format!("triage: initializationOptions ignored: {e}"),
+                )
+                .await;
+        }
+        let commands = COMMANDS
+            .iter()
+            .map(|(name, _, _)| name.to_string())
+            .collect();
+        Ok(InitializeResult {
+            server_info: Some(ServerInfo {
+                name: "triage".to_string(),
+                version: Some(env!("CARGO_PKG_VERSION").to_string()),
+            }),
+            capabilities: ServerCapabilities {
+                position_encoding: Some(encoding.kind()),
+                text_document_sync: Some(TextDocumentSyncCapability::Options(
+                    TextDocumentSyncOptions {
+                        open_close: Some(true),
+                        change: Some(TextDocumentSyncKind::INCREMENTAL),
+                        ..TextDocumentSyncOptions::default()
+                    },
+                )),
+                hover_provider: Some(HoverProviderCapability::Simple(true)),
+                completion_provider: Some(CompletionOptions::default()),
+                inline_completion_provider: Some(OneOf::Left(true)),
+                code_action_provider: Some(CodeActionProviderCapability::Options(
+                    CodeActionOptions {
+                        code_action_kinds: Some(vec![
+                            CodeActionKind::QUICKFIX,
+                            CodeActionKind::REFACTOR,
+                            CodeActionKind::EMPTY,
+                        ]),
+                        ..CodeActionOptions::default()
+                    },
+                )),
+                execute_command_provider: Some(ExecuteCommandOptions {
+                    commands,
+                    ..ExecuteCommandOptions::default()
+                }),
+                ..ServerCapabilities::default()
+            },
+            offset_encoding: None,
+        })
+    }
+
+    async fn initialized(&self, _: InitializedParams) {
+        let task = tokio::spawn(Server::status_loop(self.state.clone(), self.client.clone()));
+        lock(&self.tasks).push(task);
+    }
+
+    async fn shutdown(&self) -> jsonrpc::Result<()> {
+        for task in lock(&self.tasks).drain(..) {
+            task.abort();
+        }
+        if let Some(path) = engine::stats::default_path() {
+            let _ = self.state.engine().stats.save(&path);
+        }
+        Ok(())
+    }
+
+    async fn did_open(&self, _: DidOpenTextDocumentParams) {
+        // The text itself was stored by the ordering layer. The exact tokenizer is built now,
+        // in the background, so that it is ready before the first request needs it.
+        if !self.state.tokenizer_started.swap(true, Ordering::Relaxed) {
+            analyze::tokens::warm_up();
+        }
+        self.report_sync_errors().await;
+    }
+
+    async fn did_change(&self, _: DidChangeTextDocumentParams) {
+        self.report_sync_errors().await;
+    }
+
+    async fn did_close(&self, _: DidCloseTextDocumentParams) {
+        self.report_sync_errors().await;
+    }
+
+    async fn did_change_configuration(&self, params: DidChangeConfigurationParams) {
+        let settings = match params.settings.get("triage") {
+            Some(inner) => inner.clone(),
+            None => params.settings,
+        };
+        match self.apply_config(Some(&settings)) {
+            Ok(()) => {
+                self.client
+                    .log_message(MessageType::INFO, "triage: configuration updated")
+                    .await
+            }
+            Err(e) => {
+                self.client
+                    .show_message(
+                        MessageType::ERROR,
+                        format!("triage: settings not applied, the previous ones stay: {e}"),
+                    )
+                    .await
+            }
+        }
+    }
+
+    async fn code_action(
+        &self,
+        params: CodeActionParams,
+    ) -> jsonrpc::Result<Option<CodeActionResponse>> {
+        let uri = params.text_document.uri;
+        let Ok((text, language, _, range)) = self.selection(&uri, params.range) else {
+            return Ok(None);
+        };
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        let is_shell = if params.range.start == params.range.end {
+            let doc = lock(&self.state.docs).get(&uri).map(|d| d.text.clone());
+            doc.and_then(|rope| shell::command_at(&rope, range.start.line as usize, &language))
+                .is_some()
+        } else {
+            shell::selection_is_command(&text, &language)
+        };
+        let actions = COMMANDS
+            .iter()
+            .filter(|(name, _, _)| *name != "triage.explainShell" || is_shell)
+            .map(|(name, title, _)| {
+                let kind = match *name {
+                    "triage.fix" => CodeActionKind::QUICKFIX,
+                    "triage.refactor" | "triage.docstring" => CodeActionKind::REFACTOR,
+                    _ => CodeActionKind::EMPTY,
+                };
+                CodeActionOrCommand::CodeAction(CodeAction {
+                    title: format!("triage: {title}"),
+                    kind: Some(kind),
+                    command: Some(Command {
+                        title: title.to_string(),
+                        command: name.to_string(),
+                        arguments: Some(vec![json!({ "uri": uri, "range": range })]),
+                    }),
+                    ..CodeAction::default()
+                })
+            })
+            .collect();
+        Ok(Some(actions))
+    }
+
+    async fn execute_command(
+        &self,
+        params: ExecuteCommandParams,
+    ) -> jsonrpc::Result<Option<Value>> {
+        let Some((_, title, action)) = COMMANDS.iter().find(|(name, _, _)| *name == params.command)
+        else {
+            return Err(invalid_params(format!(
+                "unknown command `{}`",
+                params.command
+            )));
+        };
+        let args: CommandArgs = params
+            .arguments
+            .first()
+            .cloned()
+            .ok_or_else(|| invalid_params("missing argument {uri, range}".to_string()))
+            .and_then(|v| {
+                serde_json::from_value(v).map_err(|e| invalid_params(format!("bad argument: {e}")))
+            })?;
+        let (selection, language, version, range) = self.selection(&args.uri, args.range)?;
+        let request = engine::Request {
+            prompt: args.prompt.clone().unwrap_or_default(),
+            selection: Some(selection),
+            language_id: Some(language),
+            action: Some(*action),
+            force: Force::default(),
+        };
+        let token = self.begin_progress(&format!("triage: {title}")).await;
+        let result = self.run(request, token.clone(), None).await;
+        self.end_progress(token, if result.is_ok() { "done" } else { "failed" })
+            .await;
+        let answer = result.map_err(engine_error)?;
+        let mut value = engine::answer_json(&answer, None);
+        let edit_kind = match action {
+            Action::Fix | Action::Refactor | Action::Docstring => Some(false),
+            Action::Tests => Some(true),
+            _ => None,
+        };
+        if let Some(append) = edit_kind {
+            let applied = self
+                .apply_answer(&args.uri, version, range, &answer.text, append)
+                .await;
+            if let Some(map) = value.as_object_mut() {
+                map.insert("applied".to_string(), json!(applied.is_ok()));
+                if let Err(reason) = applied {
+                    map.insert("notApplied".to_string(), json!(reason));
+                }
+            }
+        }
+        Ok(Some(value))
+    }
+
+    async fn hover(&self, params: HoverParams) -> jsonrpc::Result<Option<Hover>> {
+        let position = params.text_document_position_params;
+        let doc = lock(&self.state.docs)
+            .get(&position.text_document.uri)
+            .cloned();
+        let Some(doc) = doc else { return Ok(None) };
+        let Some(command) =
+            shell::command_at(&doc.text, position.position.line as usize, &doc.language_id)
+        else {
+            return Ok(None);
+        };
+        let cached = lock(&self.state.hover_cache).get(&command).cloned();
+        let explanation = match cached {
+            Some(text) => text,
+            None => {
+                let request = engine::Request {
+                    prompt: String::new(),
+                    selection: Some(command.clone()),
+                    language_id: Some("shellscript".to_string()),
+                    action: Some(Action::ExplainShell),
+                    force: Force::default(),
+                };
+                // A cursor that moves on cancels this request, which drops the model's stream.
+                let answer = self.run(request, None, None).await.map_err(engine_error)?;
+                let text = format!(
+                    "{}\n\n_{} · {}_",
+                    answer.text.trim(),
+                    answer.model,
+                    answer.tier
+                );
+                let mut cache = lock(&self.state.hover_cache);
+                if cache.len() >= 256 {
+                    cache.clear();
+                }
+                cache.insert(command.clone(), text.clone());
+                text
+            }
+        };
+        Ok(Some(Hover {
+            contents: HoverContents::Markup(MarkupContent {
+                kind: MarkupKind::Markdown,
+                value: explanation,
+            }),
+            range: None,
+        }))
+    }
+
+    async fn completion(
+        &self,
+        params: CompletionParams,
+    ) -> jsonrpc::Result<Option<CompletionResponse>> {
+        let position = params.text_document_position;
+        let Some(text) = self
+            .fill_in_middle(&position.text_document.uri, position.position)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let label: String = text
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .chars()
+            .take(60)
+            .collect();
+        let model = self
+            .state
+            .engine()
+            .config()
+            .tier(self.state.engine().config().completion.tier)
+            .model
+            .clone();
+        Ok(Some(CompletionResponse::Array(vec![CompletionItem {
+            label: if label.is_empty() {
+                "…".to_string()
+            } else {
+                label
+            },
+            kind: Some(CompletionItemKind::TEXT),
+            detail: Some(format!("triage · {model}")),
+            insert_text: Some(text),
+            insert_text_format: Some(InsertTextFormat::PLAIN_TEXT),
+            ..CompletionItem::default()
+        }])))
+    }
+}
+
+impl Server {
+    /// Applies an answer's code to the document through `workspace/applyEdit`, unless the
+    /// document changed since the request started: then nothing is touched.
+    async fn apply_answer(
+        &self,
+        uri: &Uri,
+        version: i32,
+        range: Range,
+        answer: &str,
+        append: bool,
+    ) -> Result<(), String> {
+        let current = lock(&self.state.docs).get(uri).map(|d| d.version);
+        if current != Some(version) {
+            let reason = "the document changed while the model was answering; nothing was changed (run the action again)".to_string();
+            self.client
+                .show_message(MessageType::WARNING, format!("triage: {reason}"))
+                .await;
+            return Err(reason);
+        }
+        let code = code_of(answer);
+        let edit = if append {
+            TextEdit {
+                range: Range {
+                    start: range.end,
+                    end: range.end,
+                },
+                new_text: format!("\n\n{code}\n"),
+            }
+        } else {
+            TextEdit {
+                range,
+                new_text: code,
+            }
+        };
+        let mut changes = HashMap::new();
+        changes.insert(uri.clone(), vec![edit]);
+        let workspace_edit = WorkspaceEdit {
+            changes: Some(changes),
+            ..WorkspaceEdit::default()
+        };
+        match self.client.apply_edit(workspace_edit).await {
+            Ok(response) if response.applied => Ok(()),
+            Ok(response) => Err(response
+                .failure_reason
+                .unwrap_or_else(|| "the editor refused the edit".to_string())),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_is_taken_from_the_first_fence() {
+        assert_eq!(
+            code_of("Here:\n```rust\nfn a() {}\n```\nDone."),
+            "fn a() {}"
+        );
+        assert_eq!(code_of("no fence"), "no fence");
+        assert_eq!(code_of("```\nunclosed\nfence"), "unclosed\nfence");
+    }
+}
