@@ -209,9 +209,15 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Serve => {
             let sources = config::Sources::from_env(cli.config);
-            runtime()?
+            match runtime()?
                 .block_on(crate::lsp::serve(sources))
-                .map_err(usage)
+                .map_err(usage)?
+            {
+                true => Ok(()),
+                false => Err(Failure::Request(
+                    "the client sent `exit` without `shutdown`".to_string(),
+                )),
+            }
         }
         Command::Ask(args) => {
             // The exact tokenizer builds while configuration, GPU and backends are read.

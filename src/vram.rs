@@ -139,6 +139,13 @@ struct Gpus {
     init_error: Option<String>,
 }
 
+/// NVML is opened on the first refresh, not at construction: loading the driver library costs
+/// start-up time that a language server must not spend before answering `initialize`.
+enum LazyGpus {
+    Unopened,
+    Open(Box<Gpus>),
+}
+
 impl Gpus {
     fn open() -> Gpus {
         match nvml_wrapper::Nvml::init() {
@@ -211,7 +218,7 @@ pub struct Monitor {
 }
 
 struct Inner {
-    gpus: Mutex<Gpus>,
+    gpus: Mutex<LazyGpus>,
     client: backend::Client,
     /// Ollama endpoints to ask for loaded models: (name, endpoint).
     endpoints: Vec<(String, crate::config::Endpoint)>,
@@ -239,7 +246,7 @@ impl Monitor {
             .collect();
         Monitor {
             inner: Arc::new(Inner {
-                gpus: Mutex::new(Gpus::open()),
+                gpus: Mutex::new(LazyGpus::Unopened),
                 client,
                 endpoints,
                 current: RwLock::new((Snapshot::no_gpu(), None)),
@@ -273,7 +280,15 @@ impl Monitor {
         }
         let inner = self.inner.clone();
         let devices = tokio::task::spawn_blocking(move || match inner.gpus.lock() {
-            Ok(gpus) => gpus.read(),
+            Ok(mut gpus) => {
+                if let LazyGpus::Unopened = *gpus {
+                    *gpus = LazyGpus::Open(Box::new(Gpus::open()));
+                }
+                match &*gpus {
+                    LazyGpus::Open(g) => g.read(),
+                    LazyGpus::Unopened => Err("no GPU seen".to_string()),
+                }
+            }
             Err(_) => Err("NVML state poisoned".to_string()),
         })
         .await

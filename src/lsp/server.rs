@@ -63,6 +63,8 @@ pub struct State {
     sync_errors: Mutex<Vec<String>>,
     tokenizer_started: AtomicBool,
     work_done_progress: AtomicBool,
+    shutdown: AtomicBool,
+    client: std::sync::OnceLock<Client>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -112,6 +114,8 @@ impl State {
             sync_errors: Mutex::default(),
             tokenizer_started: AtomicBool::new(false),
             work_done_progress: AtomicBool::new(false),
+            shutdown: AtomicBool::new(false),
+            client: std::sync::OnceLock::new(),
         })
     }
 
@@ -160,8 +164,26 @@ impl State {
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, "text sync");
-            lock(&self.sync_errors).push(e);
+            // Reported at once: a notification whose params do not parse never reaches a
+            // handler that could report it later.
+            if let (Some(client), Ok(_)) = (
+                self.client.get().cloned(),
+                tokio::runtime::Handle::try_current(),
+            ) {
+                tokio::spawn(async move {
+                    client
+                        .log_message(MessageType::ERROR, format!("triage: {e}"))
+                        .await;
+                });
+            } else {
+                lock(&self.sync_errors).push(e);
+            }
         }
+    }
+
+    /// Whether `shutdown` came before the session ended.
+    pub fn shut_down_cleanly(&self) -> bool {
+        self.shutdown.load(Ordering::Relaxed)
     }
 
     fn generation(&self, uri: &Uri) -> tokio::sync::watch::Receiver<u64> {
@@ -181,6 +203,7 @@ pub struct Server {
 
 impl Server {
     pub fn new(client: Client, state: Arc<State>) -> Server {
+        let _ = state.client.set(client.clone());
         Server {
             client,
             state,
@@ -303,6 +326,7 @@ impl Server {
             }
         });
         let current = Arc::new(Mutex::new((String::new(), false)));
+        let state = self.state.clone();
         let seen = current.clone();
         let started = Instant::now();
         // In a block, so that the progress closure (holding the sender) is gone before the
@@ -313,12 +337,16 @@ impl Server {
                     Progress::Routed(d) => Event::Routed(d.warning.clone()),
                     Progress::Trying(c) => {
                         *lock(&seen) = (c.model.clone(), false);
+                        mark_at_work(&state, &c.model, true);
                         Event::Trying(c.model.clone())
                     }
-                    Progress::FellBack { from, error } => Event::FellBack(format!(
-                        "{} on {} failed: {error}",
-                        from.model, from.endpoint
-                    )),
+                    Progress::FellBack { from, error } => {
+                        mark_at_work(&state, &from.model, false);
+                        Event::FellBack(format!(
+                            "{} on {} failed: {error}",
+                            from.model, from.endpoint
+                        ))
+                    }
                     Progress::Delta(d) => {
                         lock(&seen).1 = true;
                         Event::Delta(d.to_string())
@@ -336,7 +364,6 @@ impl Server {
                     _ = tick.tick() => {
                         let (model, answering) = lock(&current).clone();
                         if !answering && !model.is_empty() {
-                            self.set_at_work(&model, true);
                             if let Some(token) = &progress {
                                 let message = format!("Loading {model}… {} s", started.elapsed().as_secs());
                                 send_progress(&self.client, token, json!({"kind": "report", "message": message})).await;
@@ -348,7 +375,7 @@ impl Server {
         };
         let _ = forwarder.await;
         let (model, _) = lock(&current).clone();
-        self.set_at_work(&model, false);
+        mark_at_work(&self.state, &model, false);
         if let Ok(answer) = &result {
             if let Some(w) = &answer.warning {
                 self.warn_user(w.clone()).await;
@@ -368,25 +395,6 @@ impl Server {
             }
         }
         result
-    }
-
-    fn set_at_work(&self, model: &str, working: bool) {
-        if model.is_empty() {
-            return;
-        }
-        let mut at_work = lock(&self.state.at_work);
-        let had = at_work.iter().any(|m| m == model);
-        if working && !had {
-            at_work.push(model.to_string());
-        } else if !working && had {
-            if let Some(i) = at_work.iter().position(|m| m == model) {
-                at_work.remove(i);
-            }
-        } else {
-            return;
-        }
-        drop(at_work);
-        self.state.status_poke.send_modify(|v| *v += 1);
     }
 
     /// Starts server-initiated work-done progress, if the client supports it.
@@ -501,6 +509,24 @@ fn uuid_like() -> String {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// Marks a model as answering (or done), and pokes the status notifier.
+fn mark_at_work(state: &State, model: &str, working: bool) {
+    if model.is_empty() {
+        return;
+    }
+    let mut at_work = lock(&state.at_work);
+    let position = at_work.iter().position(|m| m == model);
+    match (working, position) {
+        (true, None) => at_work.push(model.to_string()),
+        (false, Some(i)) => {
+            at_work.remove(i);
+        }
+        _ => return,
+    }
+    drop(at_work);
+    state.status_poke.send_modify(|v| *v += 1);
 }
 
 /// `triage/status`, server → client.
@@ -619,11 +645,17 @@ impl Server {
             .partial_result_token
             .clone()
             .or(params.work_done_token.clone());
-        let answer = self
+        let streamed = deltas.is_some();
+        let result = self
             .run(request, params.work_done_token.clone(), deltas)
-            .await
-            .map_err(engine_error)?;
-        Ok(engine::answer_json(&answer, None))
+            .await;
+        if streamed {
+            // tower-lsp writes responses and notifications through two queues it merges without
+            // order; a moment's pause lets the last `$/progress` delta out before the result.
+            // The result's `text` is the whole answer either way.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(engine::answer_json(&result.map_err(engine_error)?, None))
     }
 
     pub async fn route(&self, params: ChatParams) -> jsonrpc::Result<Value> {
@@ -865,6 +897,7 @@ impl LanguageServer for Server {
     }
 
     async fn shutdown(&self) -> jsonrpc::Result<()> {
+        self.state.shutdown.store(true, Ordering::Relaxed);
         for task in lock(&self.tasks).drain(..) {
             task.abort();
         }
@@ -874,11 +907,16 @@ impl LanguageServer for Server {
         Ok(())
     }
 
-    async fn did_open(&self, _: DidOpenTextDocumentParams) {
+    async fn did_open(&self, params: DidOpenTextDocumentParams) {
         // The text itself was stored by the ordering layer. The exact tokenizer is built now,
         // in the background, so that it is ready before the first request needs it.
         if !self.state.tokenizer_started.swap(true, Ordering::Relaxed) {
             analyze::tokens::warm_up();
+        }
+        let large = params.text_document.text.len() > 64 * 1024;
+        drop(params);
+        if large {
+            super::release_free_memory();
         }
         self.report_sync_errors().await;
     }

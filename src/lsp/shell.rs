@@ -26,7 +26,8 @@ pub fn command_at(text: &Rope, line: usize, language_id: &str) -> Option<String>
             Some(join_continuations(text, line, trimmed))
         }
         "markdown" => {
-            if !inside_shell_fence(text, line) {
+            let is_fence = trimmed.starts_with("```") || trimmed.starts_with("~~~");
+            if is_fence || !inside_shell_fence(text, line) {
                 return None;
             }
             let command = trimmed.strip_prefix("$ ").unwrap_or(trimmed);
@@ -197,6 +198,9 @@ mod tests {
         assert_eq!(at(md, 1, "markdown"), None);
         assert_eq!(at(md, 3, "markdown").as_deref(), Some("ls -la | wc -l"));
         assert_eq!(at(md, 6, "markdown"), None);
+        // Neither fence line is a command.
+        assert_eq!(at(md, 2, "markdown"), None);
+        assert_eq!(at(md, 4, "markdown"), None);
     }
 
     #[test]
