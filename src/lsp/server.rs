@@ -61,7 +61,6 @@ pub struct State {
     status_poke: tokio::sync::watch::Sender<u64>,
     warned: Mutex<(Option<Instant>, HashMap<String, Instant>)>,
     sync_errors: Mutex<Vec<String>>,
-    tokenizer_started: AtomicBool,
     work_done_progress: AtomicBool,
     shutdown: AtomicBool,
     client: std::sync::OnceLock<Client>,
@@ -112,7 +111,6 @@ impl State {
             status_poke: tokio::sync::watch::channel(0).0,
             warned: Mutex::default(),
             sync_errors: Mutex::default(),
-            tokenizer_started: AtomicBool::new(false),
             work_done_progress: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
             client: std::sync::OnceLock::new(),
@@ -279,7 +277,9 @@ impl Server {
         let client = self.client.clone();
         let delta_token = deltas.clone();
         let work_token = progress.clone();
-        let forwarder = tokio::spawn(async move {
+        // Polled in the same task as the run (no hop to another task and back): each delta
+        // goes out as soon as the run yields.
+        let forwarder = async move {
             let mut first = true;
             while let Some(event) = rx.recv().await {
                 match event {
@@ -324,7 +324,9 @@ impl Server {
                     Event::Routed(None) => {}
                 }
             }
-        });
+        };
+        tokio::pin!(forwarder);
+        let mut forwarded = false;
         let current = Arc::new(Mutex::new((String::new(), false)));
         let state = self.state.clone();
         let seen = current.clone();
@@ -360,6 +362,8 @@ impl Server {
             tick.tick().await;
             loop {
                 tokio::select! {
+                    biased;
+                    _ = &mut forwarder, if !forwarded => forwarded = true,
                     result = &mut run => break result,
                     _ = tick.tick() => {
                         let (model, answering) = lock(&current).clone();
@@ -373,7 +377,9 @@ impl Server {
                 }
             }
         };
-        let _ = forwarder.await;
+        if !forwarded {
+            forwarder.await;
+        }
         let (model, _) = lock(&current).clone();
         mark_at_work(&self.state, &model, false);
         if let Ok(answer) = &result {
@@ -908,11 +914,9 @@ impl LanguageServer for Server {
     }
 
     async fn did_open(&self, params: DidOpenTextDocumentParams) {
-        // The text itself was stored by the ordering layer. The exact tokenizer is built now,
-        // in the background, so that it is ready before the first request needs it.
-        if !self.state.tokenizer_started.swap(true, Ordering::Relaxed) {
-            analyze::tokens::warm_up();
-        }
+        // The text itself was stored by the ordering layer. The exact cl100k encoder is not
+        // built here: it would hold ~18 MB for counts that are estimates for Llama and Qwen
+        // vocabularies anyway; prompt budgets use the one-pass estimate with a 15% margin.
         let large = params.text_document.text.len() > 64 * 1024;
         drop(params);
         if large {
