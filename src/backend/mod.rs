@@ -540,6 +540,15 @@ impl ChatStream {
         }
     }
 
+    /// After `Done`: reads what is left of the body (briefly), so the connection goes back to
+    /// the pool instead of being closed and opened again for the next request.
+    pub async fn finish(mut self) {
+        let _ = tokio::time::timeout(Duration::from_millis(50), async {
+            while let Ok(Some(_)) = self.response.chunk().await {}
+        })
+        .await;
+    }
+
     fn parse_line(&mut self, line: &[u8]) -> Result<(), Error> {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.iter().all(u8::is_ascii_whitespace) {

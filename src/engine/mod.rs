@@ -460,11 +460,12 @@ impl Engine {
                     progress(Progress::Delta(&delta));
                 }
                 Event::Done(done) => {
+                    stream.finish().await;
                     return Ok(Completed {
                         first_token,
                         done,
                         chunks: usage.completion_tokens,
-                    })
+                    });
                 }
             }
             let now = Instant::now();

@@ -45,6 +45,10 @@ pub const COMMANDS: [(&str, &str, Action); 7] = [
     ),
 ];
 
+/// A snapshot this old is still used: the status loop refreshes every second, so a request
+/// never needs to start a refresh of its own (which would compete with its model call).
+const SNAPSHOT_MAX_AGE: Duration = Duration::from_secs(3);
+
 /// The server's shared state.
 pub struct State {
     pub(super) docs: Mutex<Documents>,
@@ -266,7 +270,7 @@ impl Server {
         deltas: Option<ProgressToken>,
     ) -> Result<engine::Answer, engine::Error> {
         let engine = self.state.engine();
-        let snapshot = read(&self.state.monitor).snapshot(Duration::from_secs(1));
+        let snapshot = read(&self.state.monitor).snapshot(SNAPSHOT_MAX_AGE);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
         enum Event {
             Routed(Option<String>),
@@ -667,7 +671,7 @@ impl Server {
     pub async fn route(&self, params: ChatParams) -> jsonrpc::Result<Value> {
         let request = self.request_from_chat(&params)?;
         let engine = self.state.engine();
-        let snapshot = read(&self.state.monitor).snapshot(Duration::from_secs(1));
+        let snapshot = read(&self.state.monitor).snapshot(SNAPSHOT_MAX_AGE);
         let (analysis, decision) = engine.decide(&request, &snapshot).map_err(engine_error)?;
         Ok(engine::decision_json(
             None,
