@@ -565,7 +565,7 @@ fn eval_command(config: &Config, args: EvalArgs) -> Result<(), Failure> {
         };
         header + &report.render()
     };
-    println!("{text}");
+    print_line(&text);
     if errors.is_empty() {
         Ok(())
     } else {
@@ -819,16 +819,16 @@ fn ask_command(config: Config, args: AskArgs) -> Result<(), Failure> {
     let Some(result) = result else {
         // Dropping the run closed the model's connection: the server stops generating.
         if !json {
-            println!();
+            print_line("");
         }
         return Err(Failure::Request("cancelled".to_string()));
     };
     match result {
         Ok(answer) => {
             if json {
-                println!("{}", engine::answer_json(&answer, None));
+                print_line(&engine::answer_json(&answer, None).to_string());
             } else {
-                println!();
+                print_line("");
                 eprintln!("{}", answer_summary(&answer));
             }
             Ok(())
@@ -844,9 +844,9 @@ fn ask_command(config: Config, args: AskArgs) -> Result<(), Failure> {
                     Some(p) => engine::answer_json(p, Some(&message)),
                     None => json!({ "error": message, "fallbacks": fallbacks }),
                 };
-                println!("{value}");
+                print_line(&value.to_string());
             } else if partial.is_some() {
-                println!();
+                print_line("");
             }
             Err(Failure::Request(message))
         }
@@ -890,6 +890,13 @@ fn status_command(config: Config, args: StatusArgs) -> Result<(), Failure> {
     } else {
         status.render()
     };
-    println!("{text}");
+    print_line(&text);
     Ok(())
+}
+
+/// Writes a line to stdout. A reader that went away (`triage eval … | head`) is not an error
+/// worth a panic: the rest of the output is simply not wanted.
+fn print_line(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}").and_then(|()| out.flush());
 }
