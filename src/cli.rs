@@ -101,6 +101,24 @@ pub struct RouteArgs {
     /// Print the decision as one JSON object.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub request: RequestArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct AskArgs {
+    /// The prompt; `-` reads it from stdin.
+    pub prompt: String,
+    /// Print one JSON object at the end instead of streaming.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub request: RequestArgs,
+}
+
+/// What `route` and `ask` share: the selection, a forced tier or model, the simulated GPU.
+#[derive(Debug, Args)]
+pub struct RequestArgs {
     /// A file whose text is the editor selection.
     #[arg(long, value_name = "FILE")]
     pub selection_file: Option<PathBuf>,
@@ -117,27 +135,28 @@ pub struct RouteArgs {
     pub gpu: GpuArgs,
 }
 
-#[derive(Debug, Args)]
-pub struct AskArgs {
-    /// The prompt; `-` reads it from stdin.
-    pub prompt: String,
-    /// Print one JSON object at the end instead of streaming.
-    #[arg(long)]
-    pub json: bool,
-    /// A file whose text is the editor selection.
-    #[arg(long, value_name = "FILE")]
-    pub selection_file: Option<PathBuf>,
-    /// LSP languageId of the selection (rust, python, shellscript, …).
-    #[arg(long, value_name = "ID")]
-    pub language: Option<String>,
-    /// Force a tier (fast, coder, heavy).
-    #[arg(long, value_name = "TIER")]
-    pub tier: Option<String>,
-    /// Force a model by name.
-    #[arg(long, value_name = "MODEL")]
-    pub model: Option<String>,
-    #[command(flatten)]
-    pub gpu: GpuArgs,
+impl RequestArgs {
+    fn force(&self) -> Result<Force, Failure> {
+        Ok(Force {
+            tier: self
+                .tier
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(usage)?,
+            model: self.model.clone(),
+        })
+    }
+
+    fn selection(&self) -> Result<Option<String>, Failure> {
+        match &self.selection_file {
+            Some(path) => Ok(Some(utf8(
+                read_input(&path.to_string_lossy())?,
+                &path.display().to_string(),
+            )?)),
+            None => Ok(None),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -327,16 +346,8 @@ fn utf8(bytes: Vec<u8>, what: &str) -> Result<String, Failure> {
 }
 
 fn route_command(config: &Config, args: RouteArgs) -> Result<(), Failure> {
-    let snapshot = args.gpu.snapshot(config)?;
-    let force = Force {
-        tier: args
-            .tier
-            .as_deref()
-            .map(str::parse)
-            .transpose()
-            .map_err(usage)?,
-        model: args.model.clone(),
-    };
+    let snapshot = args.request.gpu.snapshot(config)?;
+    let force = args.request.force()?;
     let analyzer = analyzer()?;
     if let Some(source) = &args.jsonl {
         return route_jsonl(config, &snapshot, &force, &analyzer, source);
@@ -346,17 +357,11 @@ fn route_command(config: &Config, args: RouteArgs) -> Result<(), Failure> {
         Some(p) => p.to_string(),
         None => return Err(usage("give a PROMPT, `-` for stdin, or --jsonl FILE")),
     };
-    let selection = match &args.selection_file {
-        Some(path) => Some(utf8(
-            read_input(&path.to_string_lossy())?,
-            &path.display().to_string(),
-        )?),
-        None => None,
-    };
+    let selection = args.request.selection()?;
     let query = Query {
         prompt: &prompt,
         selection: selection.as_deref(),
-        language_id: args.language.as_deref(),
+        language_id: args.request.language.as_deref(),
         action: None,
     };
     let analysis = analyzer.analyze(&query).map_err(usage)?;
@@ -745,30 +750,15 @@ fn ask_command(config: Config, args: AskArgs) -> Result<(), Failure> {
     } else {
         args.prompt.clone()
     };
-    let selection = match &args.selection_file {
-        Some(path) => Some(utf8(
-            read_input(&path.to_string_lossy())?,
-            &path.display().to_string(),
-        )?),
-        None => None,
-    };
     let request = engine::Request {
         prompt,
-        selection,
-        language_id: args.language.clone(),
+        selection: args.request.selection()?,
+        language_id: args.request.language.clone(),
         action: None,
-        force: Force {
-            tier: args
-                .tier
-                .as_deref()
-                .map(str::parse)
-                .transpose()
-                .map_err(usage)?,
-            model: args.model.clone(),
-        },
+        force: args.request.force()?,
     };
-    let simulated = if args.gpu.given() {
-        Some(args.gpu.snapshot(&config)?)
+    let simulated = if args.request.gpu.given() {
+        Some(args.request.gpu.snapshot(&config)?)
     } else {
         None
     };
