@@ -480,17 +480,24 @@ impl Server {
         let mut last_sent = Instant::now() - Duration::from_secs(2);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                changed = poke.changed() => if changed.is_err() { return },
-            }
+            // The tick refreshes GPU and backend readings; a poke (a model started or stopped
+            // answering) only re-sends with the cached ones, so that a request starting never
+            // triggers a refresh that competes with its own model call.
+            let refresh = tokio::select! {
+                _ = tick.tick() => true,
+                changed = poke.changed() => if changed.is_err() { return } else { false },
+            };
             let since = last_sent.elapsed();
             if since < Duration::from_secs(1) {
                 // At most one notification a second.
                 tokio::time::sleep(Duration::from_secs(1) - since).await;
             }
             let monitor = read(&state.monitor);
-            let snapshot = monitor.refresh().await;
+            let snapshot = if refresh {
+                monitor.refresh().await
+            } else {
+                monitor.snapshot(Duration::MAX)
+            };
             let engine = state.engine();
             let payload = json!({
                 "vram": snapshot.gpu.map(|g| json!({"used_mb": g.total_mb.saturating_sub(g.free_mb), "total_mb": g.total_mb})),
