@@ -200,7 +200,15 @@ fn main() {
         assert!(response.get("result").is_some(), "{response}");
     }
 
-    // 5. latency added to the first token: triage/chat vs a direct call.
+    // 5. a request round trip without a model.
+    let mut route_times = Vec::new();
+    for _ in 0..300 {
+        let started = Instant::now();
+        let _ = s.request("triage/route", json!({"prompt": "hi"}));
+        route_times.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+
+    // 6. latency added to the first token: triage/chat vs a direct call.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -261,6 +269,10 @@ fn main() {
     println!(
         "| 5,000 single-character edits + one round trip (5 runs) | {:.1} ms | ≤ 100 ms |",
         median(edit_times)
+    );
+    println!(
+        "| `triage/route` round trip, no model (300 runs) | {:.3} ms | — |",
+        median(route_times)
     );
     let d = median(direct);
     let t = median(through);
