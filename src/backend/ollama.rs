@@ -11,41 +11,36 @@ use super::{
 };
 
 pub(super) fn chat_body(r: &ChatRequest) -> Value {
-    let mut body = json!({
-        "model": r.model,
-        "messages": r.messages,
-        "stream": true,
-        "options": options(r.num_ctx, r.max_tokens),
-    });
-    if let Some(k) = &r.keep_alive {
-        body["keep_alive"] = keep_alive(k);
-    }
-    body
+    let body = json!({ "model": r.model, "messages": r.messages });
+    with_settings(body, r.keep_alive.as_deref(), r.num_ctx, r.max_tokens)
 }
 
 pub(super) fn generate_body(r: &FimRequest) -> Value {
-    let mut body = json!({
-        "model": r.model,
-        "prompt": r.prefix,
-        "suffix": r.suffix,
-        "stream": true,
-        "options": options(r.num_ctx, r.max_tokens),
-    });
-    if let Some(k) = &r.keep_alive {
+    let body = json!({ "model": r.model, "prompt": r.prefix, "suffix": r.suffix });
+    with_settings(body, r.keep_alive.as_deref(), r.num_ctx, r.max_tokens)
+}
+
+/// What every generation request carries: streaming, `keep_alive`, and the options that keep
+/// the model loaded with a fixed window (`num_ctx`) and bound the answer (`num_predict`).
+fn with_settings(
+    mut body: Value,
+    keep: Option<&str>,
+    num_ctx: Option<u32>,
+    max_tokens: Option<u32>,
+) -> Value {
+    body["stream"] = json!(true);
+    let mut options = json!({});
+    if let Some(n) = num_ctx {
+        options["num_ctx"] = json!(n);
+    }
+    if let Some(n) = max_tokens {
+        options["num_predict"] = json!(n);
+    }
+    body["options"] = options;
+    if let Some(k) = keep {
         body["keep_alive"] = keep_alive(k);
     }
     body
-}
-
-fn options(num_ctx: Option<u32>, max_tokens: Option<u32>) -> Value {
-    let mut o = json!({});
-    if let Some(n) = num_ctx {
-        o["num_ctx"] = json!(n);
-    }
-    if let Some(n) = max_tokens {
-        o["num_predict"] = json!(n);
-    }
-    o
 }
 
 /// Ollama reads a number as seconds (negative: forever) and a string as a Go duration ("30m");
