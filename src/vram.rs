@@ -304,7 +304,7 @@ impl Monitor {
             }
         });
         let mut loaded = Vec::new();
-        for (name, result) in futures_util::future::join_all(queries).await {
+        for (name, result) in futures::future::join_all(queries).await {
             match result {
                 Ok(Ok(entries)) => loaded.extend(entries.into_iter().map(|e| LoadedModel {
                     name: e.name,

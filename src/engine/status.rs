@@ -96,8 +96,7 @@ pub async fn gather(engine: &Engine, monitor: &Monitor) -> Status {
                 .collect(),
         }
     });
-    let (endpoints, snapshot) =
-        tokio::join!(futures_util::future::join_all(queries), monitor.refresh());
+    let (endpoints, snapshot) = tokio::join!(futures::future::join_all(queries), monitor.refresh());
 
     let tiers = Tier::ALL
         .into_iter()

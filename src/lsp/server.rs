@@ -362,8 +362,12 @@ impl Server {
             };
             let run = engine.run(&request, &snapshot, &mut on_progress);
             tokio::pin!(run);
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.tick().await;
+            // Not `interval(1 s)` + a first `tick().await`: that first tick is rounded up to
+            // the timer's next millisecond and would hold every request back by up to 1 ms.
+            let mut tick = tokio::time::interval_at(
+                tokio::time::Instant::now() + Duration::from_secs(1),
+                Duration::from_secs(1),
+            );
             loop {
                 tokio::select! {
                     biased;
@@ -662,16 +666,11 @@ impl Server {
             .partial_result_token
             .clone()
             .or(params.work_done_token.clone());
-        let streamed = deltas.is_some();
+        // Every delta is queued before `run` returns; the transport writes them before this
+        // response.
         let result = self
             .run(request, params.work_done_token.clone(), deltas)
             .await;
-        if streamed {
-            // tower-lsp writes responses and notifications through two queues it merges without
-            // order; a moment's pause lets the last `$/progress` delta out before the result.
-            // The result's `text` is the whole answer either way.
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
         Ok(engine::answer_json(&result.map_err(engine_error)?, None))
     }
 

@@ -509,7 +509,7 @@ async fn answer(
             closed(&task_state);
         }
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     });
     let content_type = match dialect {
