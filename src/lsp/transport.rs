@@ -14,7 +14,7 @@ use futures::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tower::{Service, ServiceExt};
-use tower_lsp_server::jsonrpc::{Request, Response};
+use tower_lsp_server::jsonrpc::{Error, Id, Request, Response};
 use tower_lsp_server::ClientSocket;
 
 /// Longest message accepted (a 10 MB file opened in the editor fits with room to spare).
@@ -92,7 +92,18 @@ async fn read_input<S>(
                     tracing::error!(error = %e, "a response from the client could not be delivered");
                 }
             }
-            Err(reason) => tracing::error!(%reason, "dropped a malformed message"),
+            Err(error) => {
+                // JSON-RPC: answered with id null, since the id could not be read.
+                tracing::error!(reason = %error.message, "dropped a malformed message");
+                let answer = Response::from_error(Id::Null, error);
+                if handlers
+                    .send(futures::future::ready(Some(answer)).boxed())
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
         }
     }
     // No more requests: the writer ends once the handlers still running have answered.
@@ -183,10 +194,10 @@ async fn read_frame(input: &mut (impl tokio::io::AsyncBufRead + Unpin)) -> Frame
         if text.is_empty() {
             break;
         }
-        if let Some((name, value)) = text.split_once(':') {
-            if name.trim().eq_ignore_ascii_case("content-length") {
-                length = value.trim().parse().ok();
-            }
+        // Found anywhere in the line: after a frame without a header, its body runs into the
+        // next frame's header line, and the reader gets back in step there.
+        if let Some(at) = text.to_ascii_lowercase().rfind("content-length:") {
+            length = text[at + "content-length:".len()..].trim().parse().ok();
         }
     }
     let Some(length) = length else {
@@ -215,8 +226,9 @@ enum Incoming {
     Response(Response),
 }
 
-/// A JSON-RPC 2.0 request, notification or response.
-fn parse(body: &[u8]) -> Result<Incoming, String> {
+/// A JSON-RPC 2.0 request, notification or response; otherwise the error to answer with
+/// (parse error for bytes that are not JSON, invalid request for JSON that is not JSON-RPC).
+fn parse(body: &[u8]) -> Result<Incoming, Error> {
     #[derive(Deserialize)]
     struct Envelope<'a> {
         #[serde(borrow)]
@@ -225,19 +237,33 @@ fn parse(body: &[u8]) -> Result<Incoming, String> {
         method: Option<std::borrow::Cow<'a, str>>,
         id: Option<serde::de::IgnoredAny>,
     }
-    let envelope: Envelope =
-        serde_json::from_slice(body).map_err(|e| format!("not JSON-RPC: {e}"))?;
+    let invalid = |message: String| Error {
+        message: message.into(),
+        ..Error::invalid_request()
+    };
+    let envelope: Envelope = serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => invalid(format!("not JSON-RPC 2.0: {e}")),
+        _ => Error {
+            message: format!("not JSON: {e}").into(),
+            ..Error::parse_error()
+        },
+    })?;
     if envelope.jsonrpc != "2.0" {
-        return Err(format!("jsonrpc is `{}`, not `2.0`", envelope.jsonrpc));
+        return Err(invalid(format!(
+            "jsonrpc is `{}`, not `2.0`",
+            envelope.jsonrpc
+        )));
     }
     match (envelope.method, envelope.id) {
         (Some(_), _) => serde_json::from_slice(body)
             .map(Incoming::Request)
-            .map_err(|e| format!("not a valid request: {e}")),
+            .map_err(|e| invalid(format!("not a valid request: {e}"))),
         (None, Some(_)) => serde_json::from_slice(body)
             .map(Incoming::Response)
-            .map_err(|e| format!("not a valid response: {e}")),
-        (None, None) => Err("neither a request, a notification nor a response".to_string()),
+            .map_err(|e| invalid(format!("not a valid response: {e}"))),
+        (None, None) => Err(invalid(
+            "neither a request, a notification nor a response".to_string(),
+        )),
     }
 }
 
@@ -272,7 +298,7 @@ pub fn stdio() -> (Input, Output) {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse, serve, Incoming};
+    use super::{parse, read_frame, serve, Frame, Incoming};
     use serde_json::{json, Value};
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
     use tower_lsp_server::jsonrpc::Result;
@@ -335,6 +361,18 @@ mod tests {
         serde_json::from_slice(&body).unwrap()
     }
 
+    #[tokio::test]
+    async fn the_reader_gets_back_in_step_after_a_frame_without_a_header() {
+        let stream = b"{\"no\":\"header\"}Content-Length: 2\r\n\r\n{}\
+Content-Type: application/vscode-jsonrpc; charset=utf-8\r\ncontent-length: 3\r\n\r\n[1]";
+        let mut input = tokio::io::BufReader::new(&stream[..]);
+        // The body without a header swallows the next header line, so that frame is lost too…
+        assert!(matches!(read_frame(&mut input).await, Frame::Body(b) if b == b"{}"));
+        // …no: it is recovered from the end of the line it ran into. Then headers in any case.
+        assert!(matches!(read_frame(&mut input).await, Frame::Body(b) if b == b"[1]"));
+        assert!(matches!(read_frame(&mut input).await, Frame::End));
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_response_follows_every_notification_its_handler_sent() {
         let (service, socket) = LspService::build(|client| Burst { client })
@@ -358,11 +396,15 @@ mod tests {
             json!({"jsonrpc": "2.0", "method": "initialized", "params": {}}),
         )
         .await;
-        // A malformed frame in between is dropped; the session goes on.
+        // A malformed frame in between is answered with a parse error (id null); the session
+        // goes on.
         to_server
             .write_all(b"Content-Length: 5\r\n\r\n{oops")
             .await
             .unwrap();
+        let error = receive(&mut from_server).await;
+        assert_eq!(error["id"], Value::Null);
+        assert_eq!(error["error"]["code"], -32700);
         for round in 0..20 {
             let id = 100 + round;
             send(
@@ -412,6 +454,10 @@ mod tests {
             parse(br#"{"jsonrpc":"2.0","id":3,"result":null}"#),
             Ok(Incoming::Response(_))
         ));
+        let code = |body: &[u8]| parse(body).err().map(|e| e.code.code());
+        assert_eq!(code(b"{this is not json"), Some(-32700));
+        assert_eq!(code(br#"{"jsonrpc":"2.0","method":5}"#), Some(-32600));
+        assert_eq!(code(br#"{"hello":"world"}"#), Some(-32600));
         for bad in [
             &b"{this is not json"[..],
             br#"{"hello":"world"}"#,
