@@ -9,6 +9,7 @@
 mod ollama;
 mod openai;
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -185,10 +186,18 @@ pub struct ModelInfo {
     pub capabilities: Vec<String>,
 }
 
-/// The process's HTTP client.
+/// The process's HTTP client. Clones share one connection pool.
 #[derive(Debug, Clone)]
 pub struct Client {
-    http: reqwest::Client,
+    shared: Arc<LazyHttp>,
+}
+
+/// Built on first use: setting up TLS (the root certificate store) is a measurable share of the
+/// language server's start-up, and `initialize` needs no model server.
+#[derive(Debug)]
+struct LazyHttp {
+    connect_timeout: Duration,
+    http: OnceLock<reqwest::Client>,
 }
 
 /// Longest time a metadata request (version, tags, ps, show, models) may take: these feed the
@@ -198,16 +207,27 @@ pub const METADATA_TIMEOUT: Duration = Duration::from_secs(2);
 impl Client {
     /// One client for the process. `connect_timeout` bounds TCP connection setup.
     pub fn new(connect_timeout: Duration) -> Client {
-        let http = reqwest::Client::builder()
-            .connect_timeout(connect_timeout)
-            // Local-first: a proxy from the environment must not see prompts meant for a
-            // loopback server.
-            .no_proxy()
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
-        Client { http }
+        Client {
+            shared: Arc::new(LazyHttp {
+                connect_timeout,
+                http: OnceLock::new(),
+            }),
+        }
+    }
+
+    fn http(&self) -> &reqwest::Client {
+        let connect_timeout = self.shared.connect_timeout;
+        self.shared.http.get_or_init(|| {
+            reqwest::Client::builder()
+                .connect_timeout(connect_timeout)
+                // Local-first: a proxy from the environment must not see prompts meant for a
+                // loopback server.
+                .no_proxy()
+                .tcp_nodelay(true)
+                .pool_idle_timeout(Duration::from_secs(90))
+                .build()
+                .unwrap_or_else(|_| reqwest::Client::new())
+        })
     }
 
     /// Starts a streaming chat; returns once the server accepted the request (status checked).
@@ -327,7 +347,7 @@ impl Client {
         body: &serde_json::Value,
         timeout: Option<Duration>,
     ) -> Result<reqwest::Response, Error> {
-        let mut request = self.http.post(url).json(body);
+        let mut request = self.http().post(url).json(body);
         if let Some(t) = timeout {
             request = request.timeout(t);
         }
@@ -336,7 +356,7 @@ impl Client {
     }
 
     async fn get_json(&self, target: Target<'_>, url: &str) -> Result<serde_json::Value, Error> {
-        let request = authorise(target, self.http.get(url).timeout(METADATA_TIMEOUT))?;
+        let request = authorise(target, self.http().get(url).timeout(METADATA_TIMEOUT))?;
         let response = request
             .send()
             .await
