@@ -45,8 +45,9 @@ where
     }
 }
 
-/// How many requests may run at once. Generation requests wait on models for seconds; a low
-/// limit would let a few of them stall every other message, `$/cancelRequest` included.
+/// How many requests may run at once; more wait their turn (the transport keeps reading, and
+/// notifications such as `$/cancelRequest` do not wait). Generation requests wait on models for
+/// seconds, so a low limit would queue quick requests behind them.
 const CONCURRENCY: usize = 64;
 
 /// Serves LSP on stdin/stdout until the client says `exit`. Returns whether `shutdown` came

@@ -109,12 +109,11 @@ async fn read_input<S>(
             Ok(Incoming::Request(request)) => {
                 exited = request.method() == "exit";
                 let notification = request.id().is_none();
-                let Some(handler) = call(&mut service, request).await else {
+                let Some(mut handler) = call(&mut service, request).await else {
                     break;
                 };
                 // A notification runs at once, here, as far as it can without waiting:
                 // `$/cancelRequest` then takes effect even when every handler slot is busy.
-                let mut handler = handler;
                 if notification {
                     let mut cx = Context::from_waker(futures::task::noop_waker_ref());
                     if handler.poll_unpin(&mut cx).is_ready() {
@@ -194,7 +193,8 @@ async fn write_output(
     // itself terminated: it is polled only while open.
     let mut client_open = true;
     let mut ended = false;
-    let deadline = tokio::time::sleep(Duration::from_secs(86_400 * 365));
+    // Armed (reset) when the input ends; not polled before.
+    let deadline = tokio::time::sleep(DRAIN_AFTER_INPUT);
     tokio::pin!(deadline);
     let mut frame = Vec::new();
     loop {
@@ -276,15 +276,13 @@ async fn read_frame(input: &mut (impl AsyncBufRead + Unpin)) -> Frame {
     let mut line = Vec::new();
     loop {
         line.clear();
-        let limited = &mut (&mut *input).take(MAX_HEADER_LINE as u64);
-        match limited.read_until(b'\n', &mut line).await {
+        match read_line_bounded(input, &mut line).await {
             Ok(0) | Err(_) => return Frame::End,
             Ok(_) if line.len() == MAX_HEADER_LINE && !line.ends_with(b"\n") => {
                 // Not a header: skip to the end of the line, a bounded piece at a time.
                 loop {
                     line.clear();
-                    let limited = &mut (&mut *input).take(MAX_HEADER_LINE as u64);
-                    match limited.read_until(b'\n', &mut line).await {
+                    match read_line_bounded(input, &mut line).await {
                         Ok(0) | Err(_) => return Frame::End,
                         Ok(_) if line.ends_with(b"\n") => break,
                         Ok(_) => {}
@@ -332,6 +330,17 @@ async fn read_frame(input: &mut (impl AsyncBufRead + Unpin)) -> Frame {
         Ok(_) => Frame::Body(body),
         Err(_) => Frame::End,
     }
+}
+
+/// Appends at most [`MAX_HEADER_LINE`] bytes, up to and including the next `\n`, to `line`.
+async fn read_line_bounded(
+    input: &mut (impl AsyncBufRead + Unpin),
+    line: &mut Vec<u8>,
+) -> std::io::Result<usize> {
+    (&mut *input)
+        .take(MAX_HEADER_LINE as u64)
+        .read_until(b'\n', line)
+        .await
 }
 
 enum Incoming {
