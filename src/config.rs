@@ -119,6 +119,70 @@ pub struct TierConfig {
     pub max_tokens: u32,
     pub timeouts: Timeouts,
     pub enabled: bool,
+    /// What to do when this tier's answer comes back with low confidence.
+    pub cascade: CascadeMode,
+    /// The confidence below which the cascade applies.
+    pub cascade_below: f32,
+}
+
+/// What happens after an answer whose confidence is below the tier's `cascade_below`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CascadeMode {
+    /// Nothing: the answer stands.
+    #[default]
+    Off,
+    /// The answer says which tier could do better; the user decides.
+    Offer,
+    /// The next tier answers too, after the first answer.
+    Run,
+}
+
+impl std::str::FromStr for CascadeMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<CascadeMode, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "off" => Ok(CascadeMode::Off),
+            "offer" => Ok(CascadeMode::Offer),
+            "run" => Ok(CascadeMode::Run),
+            other => Err(format!(
+                "unknown cascade mode `{other}`: use one of off, offer, run"
+            )),
+        }
+    }
+}
+
+/// Latency-aware routing, residency and pre-warming.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LatencyConfig {
+    /// Weigh the expected wait to the first token (loads, evictions) against quality.
+    pub enabled: bool,
+    /// The wait a typed request (chat, `ask`, `route`) may cost, in seconds.
+    pub budget_s: f64,
+    /// The wait a code action or hover may cost, in seconds.
+    pub interactive_budget_s: f64,
+    /// Load speed assumed for a model whose load was never observed, in MB/s.
+    pub load_mb_per_s: f64,
+    /// Load the likely model in the background when the editor signals intent.
+    pub prewarm: bool,
+    /// keep_alive of a model the user is working with (used 3+ times in 30 minutes), so it
+    /// stays loaded through a meeting or lunch.
+    pub working_keep_alive: String,
+}
+
+impl Default for LatencyConfig {
+    fn default() -> Self {
+        LatencyConfig {
+            enabled: true,
+            budget_s: 60.0,
+            interactive_budget_s: 10.0,
+            // ~1.3 GB/s: the seed report's cold loads (18 GB in ~15 s, 42 GB in ~30 s).
+            load_mb_per_s: 1300.0,
+            prewarm: true,
+            working_keep_alive: "2h".to_string(),
+        }
+    }
 }
 
 /// VRAM policy.
@@ -131,6 +195,9 @@ pub struct VramConfig {
     pub warn_percent: f64,
     /// Used share (percent) from which the status level is `critical`.
     pub critical_percent: f64,
+    /// The GPU's memory in MB where NVML cannot read it (Apple Silicon, AMD, a remote Ollama):
+    /// free memory is then this minus what the endpoints report as loaded.
+    pub total_mb: Option<u64>,
 }
 
 impl Default for VramConfig {
@@ -139,6 +206,7 @@ impl Default for VramConfig {
             headroom_mb: 1024,
             warn_percent: 85.0,
             critical_percent: 95.0,
+            total_mb: None,
         }
     }
 }
@@ -171,6 +239,7 @@ pub struct Config {
     pub tiers: BTreeMap<Tier, TierConfig>,
     pub vram: VramConfig,
     pub completion: CompletionConfig,
+    pub latency: LatencyConfig,
 }
 
 impl Config {
@@ -212,6 +281,8 @@ struct RawConfig {
     vram: Option<VramConfig>,
     #[serde(default)]
     completion: Option<CompletionConfig>,
+    #[serde(default)]
+    latency: Option<LatencyConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -241,6 +312,8 @@ struct RawTier {
     max_tokens: Option<u32>,
     timeouts: Option<Timeouts>,
     enabled: Option<bool>,
+    cascade: Option<CascadeMode>,
+    cascade_below: Option<f32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -401,6 +474,8 @@ fn default_tier(tier: Tier) -> TierConfig {
             ..Timeouts::default()
         },
         enabled: true,
+        cascade: CascadeMode::Off,
+        cascade_below: 0.5,
     }
 }
 
@@ -477,6 +552,12 @@ fn build(raw: RawConfig, ollama_host: Option<&str>) -> Result<Config, ConfigErro
             if let Some(enabled) = r.enabled {
                 t.enabled = enabled;
             }
+            if let Some(cascade) = r.cascade {
+                t.cascade = cascade;
+            }
+            if let Some(below) = r.cascade_below {
+                t.cascade_below = below;
+            }
         }
         validate_tier(tier, &t, &endpoints)?;
         tiers.insert(tier, t);
@@ -506,12 +587,76 @@ fn build(raw: RawConfig, ollama_host: Option<&str>) -> Result<Config, ConfigErro
     if completion.max_tokens == 0 {
         return Err(invalid("completion.max_tokens", "must be at least 1"));
     }
+    let latency = raw.latency.unwrap_or_default();
+    validate_latency(&latency)?;
+    if vram.total_mb == Some(0) {
+        return Err(invalid(
+            "vram.total_mb",
+            "must be the GPU's memory in MB (leave it out where NVML reads it)",
+        ));
+    }
     Ok(Config {
         endpoints,
         tiers,
         vram,
         completion,
+        latency,
     })
+}
+
+fn validate_latency(l: &LatencyConfig) -> Result<(), ConfigError> {
+    for (key, value) in [
+        ("latency.budget_s", l.budget_s),
+        ("latency.interactive_budget_s", l.interactive_budget_s),
+        ("latency.load_mb_per_s", l.load_mb_per_s),
+    ] {
+        if !(value.is_finite() && value > 0.0) {
+            return Err(invalid(key, "must be a positive number"));
+        }
+    }
+    if !valid_keep_alive(&l.working_keep_alive) {
+        return Err(invalid(
+            "latency.working_keep_alive",
+            "must be a duration Ollama reads: seconds (\"3600\", \"-1\" for ever) or \"90m\", \"2h\"",
+        ));
+    }
+    Ok(())
+}
+
+/// Seconds of an Ollama `keep_alive` ("-1" and other negatives: for ever → `None`; "30m",
+/// "2h", "90s", "3600"); `Err` when Ollama would refuse it.
+pub fn keep_alive_seconds(value: &str) -> Result<Option<f64>, String> {
+    let bad = || format!("`{value}` is not a keep_alive duration");
+    let v = value.trim();
+    if let Ok(n) = v.parse::<f64>() {
+        return Ok((n >= 0.0).then_some(n));
+    }
+    let mut total = 0.0;
+    let mut number = String::new();
+    let mut seen_unit = false;
+    for c in v.chars() {
+        if c.is_ascii_digit() || c == '.' {
+            number.push(c);
+            continue;
+        }
+        let n: f64 = number.parse().map_err(|_| bad())?;
+        number.clear();
+        total += n * match c {
+            'h' => 3600.0,
+            'm' => 60.0,
+            's' => 1.0,
+            _ => return Err(bad()),
+        };
+        seen_unit = true;
+    }
+    if !number.is_empty() || !seen_unit {
+        return Err(bad());
+    }
+    Ok(Some(total))
+}
+
+fn valid_keep_alive(value: &str) -> bool {
+    keep_alive_seconds(value).is_ok()
 }
 
 fn validate_tier(
@@ -541,6 +686,12 @@ fn validate_tier(
         return Err(invalid(
             format!("tiers.{tier}.num_ctx"),
             "must be between 512 and 1048576 tokens",
+        ));
+    }
+    if !(0.0..=1.0).contains(&t.cascade_below) {
+        return Err(invalid(
+            format!("tiers.{tier}.cascade_below"),
+            "must be a confidence between 0 and 1",
         ));
     }
     if t.max_tokens == 0 || t.max_tokens >= t.num_ctx {
@@ -796,6 +947,39 @@ mod tests {
                 .model,
             "from-file"
         );
+    }
+
+    #[test]
+    fn latency_settings_and_keep_alive_durations() {
+        let c = from_toml(
+            "[latency]\nbudget_s = 30\nprewarm = false\n[tiers.fast]\ncascade = \"run\"\ncascade_below = 0.4\n[vram]\ntotal_mb = 49152",
+            "t",
+            None,
+        )
+        .expect("valid");
+        assert_eq!(c.latency.budget_s, 30.0);
+        assert!(!c.latency.prewarm);
+        assert_eq!(c.latency.interactive_budget_s, 10.0);
+        assert_eq!(c.tier(Tier::Fast).cascade, CascadeMode::Run);
+        assert_eq!(c.tier(Tier::Coder).cascade, CascadeMode::Off);
+        assert_eq!(c.vram.total_mb, Some(49_152));
+        assert!(err("[latency]\nbudget_s = 0").contains("latency.budget_s"));
+        assert!(err("[latency]\nworking_keep_alive = \"soon\"").contains("working_keep_alive"));
+        assert!(err("[tiers.coder]\ncascade = \"maybe\"").contains("cascade"));
+        assert!(err("[tiers.coder]\ncascade_below = 2").contains("tiers.coder.cascade_below"));
+        assert!(err("[vram]\ntotal_mb = 0").contains("vram.total_mb"));
+        for (text, seconds) in [
+            ("-1", None),
+            ("0", Some(0.0)),
+            ("3600", Some(3600.0)),
+            ("30m", Some(1800.0)),
+            ("1h30m", Some(5400.0)),
+            ("90s", Some(90.0)),
+        ] {
+            assert_eq!(keep_alive_seconds(text), Ok(seconds), "{text}");
+        }
+        assert!(keep_alive_seconds("2 weeks").is_err());
+        assert!(keep_alive_seconds("").is_err());
     }
 
     #[test]

@@ -82,6 +82,16 @@ pub struct Done {
     pub usage: Option<Usage>,
     /// Time the server spent loading the model (Ollama `load_duration`).
     pub load_duration: Option<Duration>,
+    /// Prompt tokens evaluated and the time it took (Ollama `prompt_eval_count`,
+    /// `prompt_eval_duration`): the model's prompt speed.
+    pub prompt_eval: Option<PromptEval>,
+}
+
+/// How fast a model read its prompt.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PromptEval {
+    pub tokens: u64,
+    pub duration: Duration,
 }
 
 /// One item of an answer stream.
@@ -317,6 +327,32 @@ impl Client {
             }
             EndpointKind::Openai => Ok(Vec::new()),
         }
+    }
+
+    /// Loads a model without generating anything (Ollama: `/api/generate` with no prompt and a
+    /// `keep_alive`), for pre-warming. Returns once the server says the model is loaded; dropping
+    /// the future closes the request. OpenAI-compatible servers cannot be told to load.
+    pub async fn preload(
+        &self,
+        target: Target<'_>,
+        model: &str,
+        keep_alive: &str,
+    ) -> Result<(), Error> {
+        if target.endpoint.kind != EndpointKind::Ollama {
+            return Err(Error::Unsupported {
+                endpoint: target.name.to_string(),
+                what: "loading a model ahead of a request",
+            });
+        }
+        let url = join(target, "api/generate");
+        let response = self
+            .post(target, &url, &ollama::preload_body(model, keep_alive), None)
+            .await?;
+        let response = check_status(target, model, response).await?;
+        // The answer is one small JSON object (`done_reason: "load"`); read it so the
+        // connection goes back to the pool.
+        let _ = response.bytes().await;
+        Ok(())
     }
 
     /// Context length and capabilities of a model (Ollama `/api/show`).

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use super::{
     ChatRequest, Done, Event, FimRequest, Finish, LoadedEntry, ModelEntry, ModelInfo, ParseError,
-    Usage,
+    PromptEval, Usage,
 };
 
 pub(super) fn chat_body(r: &ChatRequest) -> Value {
@@ -18,6 +18,11 @@ pub(super) fn chat_body(r: &ChatRequest) -> Value {
 pub(super) fn generate_body(r: &FimRequest) -> Value {
     let body = json!({ "model": r.model, "prompt": r.prefix, "suffix": r.suffix });
     with_settings(body, r.keep_alive.as_deref(), r.num_ctx, r.max_tokens)
+}
+
+/// A request that only loads the model (Ollama's documented way to preload: no prompt).
+pub(super) fn preload_body(model: &str, keep: &str) -> Value {
+    json!({ "model": model, "keep_alive": keep_alive(keep), "stream": false })
 }
 
 /// What every generation request carries: streaming, `keep_alive`, and the options that keep
@@ -98,6 +103,16 @@ fn parse_line(line: &str, text: impl Fn(&Value) -> Option<&str>) -> Result<Vec<E
             finish,
             usage,
             load_duration: v["load_duration"].as_u64().map(Duration::from_nanos),
+            prompt_eval: match (
+                v["prompt_eval_count"].as_u64(),
+                v["prompt_eval_duration"].as_u64(),
+            ) {
+                (Some(tokens), Some(ns)) if tokens > 0 && ns > 0 => Some(PromptEval {
+                    tokens,
+                    duration: Duration::from_nanos(ns),
+                }),
+                _ => None,
+            },
         }));
     }
     Ok(events)
@@ -216,7 +231,21 @@ mod tests {
                     completion_tokens: 7
                 }),
                 load_duration: Some(Duration::from_secs(2)),
+                prompt_eval: None,
             })]
+        );
+        let timed = parse_chat_line(
+            r#"{"done":true,"prompt_eval_count":400,"prompt_eval_duration":200000000}"#,
+        )
+        .expect("valid");
+        assert!(matches!(
+            &timed[0],
+            Event::Done(Done { prompt_eval: Some(PromptEval { tokens: 400, duration }), .. })
+                if *duration == Duration::from_millis(200)
+        ));
+        assert_eq!(
+            preload_body("m", "5m"),
+            json!({"model": "m", "keep_alive": "5m", "stream": false})
         );
         assert!(matches!(
             parse_chat_line("{oops"),

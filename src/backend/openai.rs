@@ -43,6 +43,7 @@ pub(super) fn parse_sse_line(
             finish: finish.unwrap_or(Finish::Stop),
             usage: *usage,
             load_duration: None,
+            prompt_eval: None,
         })]);
     }
     let v: Value = serde_json::from_str(data)
@@ -137,7 +138,8 @@ mod tests {
                         prompt_tokens: 3,
                         completion_tokens: 2
                     }),
-                    load_duration: None
+                    load_duration: None,
+                    prompt_eval: None,
                 })
             ]
         );

@@ -1,5 +1,6 @@
 //! Per-model statistics (latency to first token, tokens per second, errors, the learned cold-load
-//! time) and per-endpoint circuit breakers.
+//! time, prompt speed and first-token overhead for the latency rule) and per-endpoint circuit
+//! breakers.
 //!
 //! Statistics can be saved to and loaded from a JSON file so that one-shot commands (`ask`,
 //! `status`) share what earlier runs learned; the language server keeps them in memory.
@@ -27,6 +28,15 @@ pub struct ModelStats {
     pub tokens_per_s: Option<f64>,
     /// The longest cold load seen (Ollama `load_duration`), in ms.
     pub load_ms: Option<u64>,
+    /// Recent cold loads, in ms: their median is the load the router expects.
+    #[serde(default)]
+    pub loads_ms: VecDeque<u64>,
+    /// Prompt evaluation speed (Ollama `prompt_eval_count` / `prompt_eval_duration`), smoothed.
+    #[serde(default)]
+    pub prompt_tokens_per_s: Option<f64>,
+    /// Recent first-token latencies less load and prompt evaluation, in ms.
+    #[serde(default)]
+    pub overhead_ms: VecDeque<u64>,
 }
 
 /// A summary for status displays.
@@ -40,6 +50,9 @@ pub struct Summary {
     pub first_token_p95_ms: Option<u64>,
     pub tokens_per_s: Option<f64>,
     pub load_ms: Option<u64>,
+    /// Median of recent cold loads.
+    pub load_p50_ms: Option<u64>,
+    pub prompt_tokens_per_s: Option<f64>,
 }
 
 /// Statistics of all models.
@@ -136,10 +149,85 @@ impl Stats {
                     first_token_p95_ms: percentile(&sorted, 95),
                     tokens_per_s: s.tokens_per_s,
                     load_ms: s.load_ms,
+                    load_p50_ms: median(&s.loads_ms),
+                    prompt_tokens_per_s: s.prompt_tokens_per_s,
                 }
             })
             .collect()
     }
+}
+
+/// How many recent loads and overheads are kept per model.
+const TIMING_WINDOW: usize = 20;
+
+impl Stats {
+    /// Records what one answer tells about a model's timing: its cold load, its prompt speed and
+    /// the first-token overhead left after both (what the latency rule in `route` expects).
+    pub fn record_timing(
+        &self,
+        model: &str,
+        first_token: Duration,
+        load: Option<Duration>,
+        prompt: Option<crate::backend::PromptEval>,
+    ) {
+        let mut models = self.lock();
+        let s = models.entry(model.to_string()).or_default();
+        let load = load.filter(|l| *l > Duration::from_millis(50));
+        if let Some(load) = load {
+            push_bounded(&mut s.loads_ms, load.as_millis() as u64, TIMING_WINDOW);
+        }
+        let mut overhead = first_token.saturating_sub(load.unwrap_or_default());
+        if let Some(p) = prompt.filter(|p| p.tokens > 0 && !p.duration.is_zero()) {
+            let rate = p.tokens as f64 / p.duration.as_secs_f64();
+            // Smoothed: one long prompt or a busy GPU does not swing the estimate.
+            let smoothed = s
+                .prompt_tokens_per_s
+                .map_or(rate, |old| 0.7 * old + 0.3 * rate);
+            s.prompt_tokens_per_s = Some((smoothed * 10.0).round() / 10.0);
+            overhead = overhead.saturating_sub(p.duration);
+        }
+        push_bounded(
+            &mut s.overhead_ms,
+            overhead.as_millis() as u64,
+            TIMING_WINDOW,
+        );
+    }
+
+    /// What the router needs to expect `model`'s time to first token.
+    pub fn timing(&self, model: &str) -> crate::route::ModelTiming {
+        let models = self.lock();
+        let s = models.get(model);
+        crate::route::ModelTiming {
+            model: model.to_string(),
+            load_s: s
+                .and_then(|s| median(&s.loads_ms).or(s.load_ms))
+                .map(|ms| ms as f64 / 1000.0),
+            prompt_tokens_per_s: s.and_then(|s| s.prompt_tokens_per_s),
+            overhead_s: s
+                .and_then(|s| median(&s.overhead_ms))
+                .map(|ms| ms as f64 / 1000.0),
+            first_token_p50_s: s
+                .and_then(|s| {
+                    let mut v: Vec<u64> = s.first_token_ms.iter().copied().collect();
+                    v.sort_unstable();
+                    percentile(&v, 50)
+                })
+                .map(|ms| ms as f64 / 1000.0),
+        }
+    }
+}
+
+fn push_bounded(values: &mut VecDeque<u64>, value: u64, window: usize) {
+    values.push_back(value);
+    while values.len() > window {
+        values.pop_front();
+    }
+}
+
+fn median(values: &VecDeque<u64>) -> Option<u64> {
+    let mut sorted: Vec<u64> = values.iter().copied().collect();
+    sorted.sort_unstable();
+    percentile(&sorted, 50)
 }
 
 /// Nearest-rank percentile of sorted values.
@@ -243,6 +331,50 @@ mod tests {
         assert_eq!(Stats::load(&path).summaries(), stats.summaries());
         std::fs::write(&path, b"{broken").expect("write");
         assert!(Stats::load(&path).summaries().is_empty());
+    }
+
+    #[test]
+    fn timing_learns_loads_prompt_speed_and_overhead() {
+        let stats = Stats::default();
+        assert_eq!(stats.timing("m").load_s, None);
+        let prompt = |tokens, ms| {
+            Some(crate::backend::PromptEval {
+                tokens,
+                duration: Duration::from_millis(ms),
+            })
+        };
+        // 10 s load, 1000 tokens in 0.5 s, first token at 10.6 s: 100 ms overhead.
+        stats.record_timing(
+            "m",
+            Duration::from_millis(10_600),
+            Some(Duration::from_secs(10)),
+            prompt(1000, 500),
+        );
+        // Warm: 2000 tokens/s again, 80 ms overhead.
+        stats.record_timing("m", Duration::from_millis(330), None, prompt(500, 250));
+        stats.record_timing(
+            "m",
+            Duration::from_millis(12_000),
+            Some(Duration::from_secs(12)),
+            None,
+        );
+        let t = stats.timing("m");
+        assert_eq!(
+            t.load_s,
+            Some(10.0),
+            "median of 10 s and 12 s (nearest rank)"
+        );
+        assert_eq!(t.prompt_tokens_per_s, Some(2000.0));
+        assert_eq!(t.overhead_s, Some(0.08));
+        let s = &stats.summaries()[0];
+        assert_eq!(s.load_p50_ms, Some(10_000));
+        assert_eq!(s.prompt_tokens_per_s, Some(2000.0));
+        // Old state files without the new fields still load.
+        let old: ModelStats = serde_json::from_str(
+            r#"{"requests":1,"errors":0,"last_error":null,"tokens_per_s":null,"load_ms":5000}"#,
+        )
+        .expect("old format");
+        assert!(old.loads_ms.is_empty());
     }
 
     #[test]
