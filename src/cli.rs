@@ -88,6 +88,9 @@ pub struct GpuArgs {
     /// Models already loaded, comma-separated.
     #[arg(long, value_name = "MODEL[,MODEL…]", value_delimiter = ',')]
     pub loaded: Vec<String>,
+    /// Loaded models answering a request right now (never evicted), comma-separated.
+    #[arg(long, value_name = "MODEL[,MODEL…]", value_delimiter = ',')]
+    pub in_use: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -131,6 +134,14 @@ pub struct RequestArgs {
     /// Force a model by name.
     #[arg(long, value_name = "MODEL")]
     pub model: Option<String>,
+    /// The longest wait to the first token this request may cost, in seconds (default
+    /// `[latency] budget_s`).
+    #[arg(long, value_name = "SECONDS")]
+    pub budget_s: Option<f64>,
+    /// After a low-confidence answer: off, offer or run the next tier (default: the tier's
+    /// `cascade` setting).
+    #[arg(long, value_name = "MODE")]
+    pub cascade: Option<String>,
     #[command(flatten)]
     pub gpu: GpuArgs,
 }
@@ -146,6 +157,23 @@ impl RequestArgs {
                 .map_err(usage)?,
             model: self.model.clone(),
         })
+    }
+
+    fn budget_s(&self) -> Result<Option<f64>, Failure> {
+        match self.budget_s {
+            Some(b) if !(b.is_finite() && b > 0.0) => Err(usage(format!(
+                "--budget-s must be a positive number of seconds, not {b}"
+            ))),
+            b => Ok(b),
+        }
+    }
+
+    fn cascade(&self) -> Result<Option<config::CascadeMode>, Failure> {
+        self.cascade
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(usage)
     }
 
     fn selection(&self) -> Result<Option<String>, Failure> {
@@ -270,7 +298,25 @@ fn analyzer() -> Result<Analyzer, Failure> {
 
 impl GpuArgs {
     fn given(&self) -> bool {
-        self.vram_total_mb.is_some() || self.vram_free_mb.is_some() || !self.loaded.is_empty()
+        self.vram_total_mb.is_some()
+            || self.vram_free_mb.is_some()
+            || !self.loaded.is_empty()
+            || !self.in_use.is_empty()
+    }
+
+    /// What `--in-use` says about residency: those models are answering.
+    fn residency(&self) -> Vec<route::Residency> {
+        self.in_use
+            .iter()
+            .map(|m| m.trim())
+            .filter(|m| !m.is_empty())
+            .map(|m| route::Residency {
+                model: m.to_string(),
+                in_use: true,
+                idle_s: Some(0.0),
+                keep_alive_s: None,
+            })
+            .collect()
     }
 
     /// The simulated snapshot; "no GPU seen" unless a VRAM size is given.
@@ -295,6 +341,15 @@ impl GpuArgs {
                 free_mb: free,
             }),
         };
+        if let Some(m) = self
+            .in_use
+            .iter()
+            .find(|m| !self.loaded.iter().any(|l| l.trim() == m.trim()))
+        {
+            return Err(usage(format!(
+                "--in-use {m}: a model answering must be loaded too (add it to --loaded)"
+            )));
+        }
         let loaded = self
             .loaded
             .iter()
@@ -350,7 +405,7 @@ fn route_command(config: &Config, args: RouteArgs) -> Result<(), Failure> {
     let force = args.request.force()?;
     let analyzer = analyzer()?;
     if let Some(source) = &args.jsonl {
-        return route_jsonl(config, &snapshot, &force, &analyzer, source);
+        return route_jsonl(config, &snapshot, &force, &analyzer, source, &args.request);
     }
     let prompt = match args.prompt.as_deref() {
         Some("-") => utf8(read_input("-")?, "stdin")?,
@@ -365,7 +420,7 @@ fn route_command(config: &Config, args: RouteArgs) -> Result<(), Failure> {
         action: None,
     };
     let analysis = analyzer.analyze(&query).map_err(usage)?;
-    let decision = route::route(config, &snapshot, &analysis, &force).map_err(usage)?;
+    let decision = route_one(config, &snapshot, &analysis, &force, &args.request)?;
     let mut out = std::io::stdout().lock();
     let text = if args.json {
         engine::decision_json(None, &decision, &analysis, config).to_string()
@@ -375,12 +430,42 @@ fn route_command(config: &Config, args: RouteArgs) -> Result<(), Failure> {
     writeln!(out, "{text}").map_err(|e| Failure::Request(format!("cannot write to stdout: {e}")))
 }
 
+/// Routes with the latency rule when it is on: timings from earlier runs' statistics, the
+/// models `--in-use` names as answering, the budget from `--budget-s`.
+fn route_one(
+    config: &Config,
+    snapshot: &Snapshot,
+    analysis: &Analysis,
+    force: &Force,
+    request: &RequestArgs,
+) -> Result<Decision, Failure> {
+    if !config.latency.enabled {
+        return route::route(config, snapshot, analysis, force).map_err(usage);
+    }
+    let stats = engine::stats::default_path()
+        .map(|p| Stats::load(&p))
+        .unwrap_or_default();
+    let timings: Vec<route::ModelTiming> = Tier::ALL
+        .into_iter()
+        .map(|t| stats.timing(&config.tier(t).model))
+        .collect();
+    let residency = request.gpu.residency();
+    let latency = route::Latency {
+        timings: &timings,
+        residency: &residency,
+        budget_s: request.budget_s()?.unwrap_or(config.latency.budget_s),
+        load_mb_per_s: config.latency.load_mb_per_s,
+    };
+    route::route_with_latency(config, snapshot, analysis, force, &latency).map_err(usage)
+}
+
 fn route_jsonl(
     config: &Config,
     snapshot: &Snapshot,
     force: &Force,
     analyzer: &Analyzer,
     source: &str,
+    request: &RequestArgs,
 ) -> Result<(), Failure> {
     let bytes = read_input(source)?;
     let (lines, mut errors) = eval::parse_jsonl(&bytes);
@@ -397,9 +482,9 @@ fn route_jsonl(
             .analyze(&query)
             .map_err(|e| e.to_string())
             .and_then(|a| {
-                route::route(config, snapshot, &a, force)
+                route_one(config, snapshot, &a, force, request)
                     .map(|d| (a, d))
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| e.message().to_string())
             });
         match decided {
             Ok((analysis, decision)) => {
@@ -766,6 +851,9 @@ fn ask_command(config: Config, args: AskArgs) -> Result<(), Failure> {
         language_id: args.request.language.clone(),
         action: None,
         force: args.request.force()?,
+        budget_s: args.request.budget_s()?,
+        urgency: engine::Urgency::Typed,
+        cascade: args.request.cascade()?,
     };
     let simulated = if args.request.gpu.given() {
         Some(args.request.gpu.snapshot(&config)?)
@@ -803,6 +891,9 @@ fn ask_command(config: Config, args: AskArgs) -> Result<(), Failure> {
             }
             Progress::FellBack { from, error } if !json => {
                 eprintln!("! {} on {} failed: {error}", from.model, from.endpoint);
+            }
+            Progress::Cascading { to, reason } if !json => {
+                eprintln!("→ {reason}: asking {} ({}) too", to.model, to.tier);
             }
             Progress::Delta(text) if !json => {
                 let _ = stdout.write_all(text.as_bytes());

@@ -3,7 +3,9 @@
 //! `size`, `size_vram`, `expires_at`).
 //!
 //! NVML is loaded at run time through `nvml-wrapper`: no driver, no NVIDIA card or a failing
-//! call means "no GPU seen", a normal state, never an error. The [`Monitor`] refreshes the
+//! call means "no GPU seen", a normal state, never an error — unless `[vram] total_mb` says how
+//! large the GPU is (Apple Silicon, AMD, a remote Ollama): then free memory is that size minus
+//! what the endpoints report loaded. The [`Monitor`] refreshes the
 //! snapshot on an interval and on demand; reading it never waits for a slow backend. The
 //! routing policy reads snapshots and does not know where they come from.
 
@@ -224,6 +226,8 @@ struct Inner {
     endpoints: Vec<(String, crate::config::Endpoint)>,
     current: RwLock<(Snapshot, Option<Instant>)>,
     refreshing: AtomicBool,
+    /// `[vram] total_mb`: the GPU's size where NVML cannot read it.
+    total_override: Option<u64>,
 }
 
 /// How long one endpoint may take to list its loaded models during a refresh.
@@ -251,6 +255,7 @@ impl Monitor {
                 endpoints,
                 current: RwLock::new((Snapshot::no_gpu(), None)),
                 refreshing: AtomicBool::new(false),
+                total_override: config.vram.total_mb,
             }),
         }
     }
@@ -320,7 +325,13 @@ impl Monitor {
                 )),
             }
         }
-        let snapshot = build_snapshot(devices, loaded, notes);
+        let mut snapshot = build_snapshot(devices, loaded, notes);
+        if let (None, Some(total)) = (snapshot.gpu, self.inner.total_override) {
+            snapshot.gpu = Some(configured_gpu(total, &snapshot.loaded));
+            snapshot
+                .notes
+                .push(format!("GPU size {total} MB from `[vram] total_mb`"));
+        }
         if let Ok(mut guard) = self.inner.current.write() {
             *guard = (snapshot.clone(), Some(Instant::now()));
         }
@@ -346,6 +357,15 @@ impl Monitor {
                 me.refresh().await;
             }
         })
+    }
+}
+
+/// A GPU of `total_mb` holding what the endpoints report loaded (in VRAM).
+fn configured_gpu(total_mb: u64, loaded: &[LoadedModel]) -> GpuMemory {
+    let used: u64 = loaded.iter().map(|m| m.vram_mb).sum();
+    GpuMemory {
+        total_mb,
+        free_mb: total_mb.saturating_sub(used),
     }
 }
 
@@ -452,6 +472,22 @@ mod tests {
         );
         assert_eq!(s.gpu, None);
         assert_eq!(s.notes, ["no GPU seen (NVML: library not found)"]);
+    }
+
+    #[test]
+    fn a_configured_gpu_size_subtracts_what_is_loaded() {
+        let g = configured_gpu(
+            49_152,
+            &[loaded("a", 3000, 3000), loaded("b", 20_000, 18_000)],
+        );
+        assert_eq!(
+            g,
+            GpuMemory {
+                total_mb: 49_152,
+                free_mb: 28_152
+            }
+        );
+        assert_eq!(configured_gpu(100, &[loaded("x", 500, 500)]).free_mb, 0);
     }
 
     #[tokio::test]

@@ -7,7 +7,13 @@
 //! stream ends with a clear error and the partial text is kept. Keeps per-model statistics and
 //! per-endpoint circuit breakers. Protocol front ends (CLI, LSP) call [`Engine::run`] and
 //! render [`Progress`]; they make no decisions of their own.
+//!
+//! Latency: the engine gathers what the router's latency rule needs (per-model timings from
+//! the statistics, residency from its [`residency::Tracker`], the request's budget), sends the
+//! keep_alive residency chooses, pre-warms the likely model on an editor's intent
+//! ([`Engine::prewarm`]) and runs the cascade to the next tier when an answer's confidence is low.
 
+pub mod residency;
 pub mod stats;
 pub mod status;
 
@@ -19,7 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::analyze::{Action, Analysis, Analyzer, Query};
 use crate::backend::{self, ChatRequest, Event, Finish, Target, Usage};
-use crate::config::{Config, Tier, TierConfig};
+use crate::config::{CascadeMode, Config, Tier, TierConfig};
 use crate::context::{self, Budget};
 use crate::route::{self, Candidate, Decision, Force};
 use crate::vram::Snapshot;
@@ -34,6 +40,22 @@ pub struct Request {
     pub language_id: Option<String>,
     pub action: Option<Action>,
     pub force: Force,
+    /// The wait to the first token this request may cost, in seconds; `None`: the configured
+    /// budget for its urgency.
+    pub budget_s: Option<f64>,
+    pub urgency: Urgency,
+    /// Overrides the answering tier's `cascade` setting.
+    pub cascade: Option<CascadeMode>,
+}
+
+/// How soon the user expects an answer, which sets the default latency budget.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Urgency {
+    /// A typed question (chat, `ask`): `[latency] budget_s`.
+    #[default]
+    Typed,
+    /// A code action or hover, waited for with the cursor: `[latency] interactive_budget_s`.
+    Interactive,
 }
 
 impl Request {
@@ -56,6 +78,8 @@ pub enum Progress<'a> {
     Trying(&'a Candidate),
     /// A model failed before its first token; the next one will be tried.
     FellBack { from: &'a Candidate, error: &'a str },
+    /// The answer's confidence was low: the next tier answers too (its text follows).
+    Cascading { to: &'a Candidate, reason: &'a str },
     /// Answer text.
     Delta(&'a str),
 }
@@ -99,8 +123,27 @@ pub struct Answer {
     pub context: context::Report,
     /// A warning from routing (moved for lack of VRAM …).
     pub warning: Option<String>,
+    /// The cascade to the next tier, offered or run, when the confidence was low.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cascade: Option<Cascade>,
     #[serde(skip)]
     pub analysis: Option<Analysis>,
+}
+
+/// What the cascade did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Cascade {
+    pub mode: CascadeMode,
+    /// The tier that answered first and its confidence.
+    pub from_tier: Tier,
+    pub from_model: String,
+    pub from_confidence: f32,
+    /// The next tier: offered, or the one that answered second.
+    pub tier: Tier,
+    pub model: String,
+    /// With `run`: where the second answer starts in `text` (bytes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub second_answer_at: Option<usize>,
 }
 
 /// Why a request produced no complete answer.
@@ -126,6 +169,7 @@ pub struct Engine {
     analyzer: Analyzer,
     pub stats: std::sync::Arc<Stats>,
     breakers: std::sync::Arc<Breakers>,
+    residency: std::sync::Arc<residency::Tracker>,
 }
 
 /// How one attempt ended badly.
@@ -162,7 +206,19 @@ impl Engine {
             analyzer,
             stats: stats.into(),
             breakers: std::sync::Arc::default(),
+            residency: std::sync::Arc::default(),
         }
+    }
+
+    /// The same engine with residency timed by `clock` (the replay benchmark's simulated day).
+    pub fn with_clock(mut self, clock: residency::Clock) -> Engine {
+        self.residency = std::sync::Arc::new(residency::Tracker::new(clock));
+        self
+    }
+
+    /// Which models this engine has been using, and when.
+    pub fn residency(&self) -> &residency::Tracker {
+        &self.residency
     }
 
     /// The same engine with a new configuration: statistics, breakers and the connection pool
@@ -174,6 +230,7 @@ impl Engine {
             analyzer: self.analyzer.clone(),
             stats: self.stats.clone(),
             breakers: self.breakers.clone(),
+            residency: self.residency.clone(),
         }
     }
 
@@ -195,14 +252,63 @@ impl Engine {
             .analyzer
             .analyze(&request.query())
             .map_err(|e| Error::Input(e.to_string()))?;
-        let decision = route::route(&self.config, snapshot, &analysis, &request.force)
+        let decision = self
+            .route(request, snapshot, &analysis)
             .map_err(|e| Error::Input(e.to_string()))?;
         Ok((analysis, decision))
     }
 
-    /// Runs a request to its answer. Dropping the returned future cancels it: the open stream
-    /// is dropped and its connection closed, so the model server stops generating.
+    /// The request's latency budget in seconds.
+    pub fn budget_s(&self, request: &Request) -> f64 {
+        request.budget_s.unwrap_or(match request.urgency {
+            Urgency::Typed => self.config.latency.budget_s,
+            Urgency::Interactive => self.config.latency.interactive_budget_s,
+        })
+    }
+
+    /// Routes with the latency rule's inputs gathered: timings of every tier's model, what
+    /// residency knows, the budget.
+    fn route(
+        &self,
+        request: &Request,
+        snapshot: &Snapshot,
+        analysis: &Analysis,
+    ) -> Result<Decision, route::Error> {
+        if !self.config.latency.enabled {
+            return route::route(&self.config, snapshot, analysis, &request.force);
+        }
+        self.residency.observe(snapshot);
+        let timings: Vec<route::ModelTiming> = Tier::ALL
+            .into_iter()
+            .map(|t| self.stats.timing(&self.config.tier(t).model))
+            .collect();
+        let residency = self.residency.residency();
+        let latency = route::Latency {
+            timings: &timings,
+            residency: &residency,
+            budget_s: self.budget_s(request),
+            load_mb_per_s: self.config.latency.load_mb_per_s,
+        };
+        route::route_with_latency(&self.config, snapshot, analysis, &request.force, &latency)
+    }
+
+    /// Runs a request to its answer, and the cascade when it applies. Dropping the returned
+    /// future cancels it: the open stream is dropped and its connection closed, so the model
+    /// server stops generating.
     pub async fn run(
+        &self,
+        request: &Request,
+        snapshot: &Snapshot,
+        progress: &mut (dyn FnMut(Progress<'_>) + Send),
+    ) -> Result<Answer, Error> {
+        let answer = self.run_once(request, snapshot, progress).await?;
+        if request.urgency == Urgency::Typed {
+            self.residency.typed(answer.tier);
+        }
+        Ok(self.cascade(request, snapshot, progress, answer).await)
+    }
+
+    async fn run_once(
         &self,
         request: &Request,
         snapshot: &Snapshot,
@@ -268,10 +374,11 @@ impl Engine {
                     answer: tier_config.max_tokens,
                 },
             );
+            let keep_alive = self.keep_alive(candidate);
             let chat = ChatRequest {
                 model: candidate.model.clone(),
                 messages: prompt.messages,
-                keep_alive: Some(tier_config.keep_alive.clone()),
+                keep_alive: Some(keep_alive),
                 num_ctx: Some(tier_config.num_ctx),
                 max_tokens: Some(tier_config.max_tokens),
             };
@@ -280,11 +387,19 @@ impl Engine {
             debug!(model = %candidate.model, endpoint = %candidate.endpoint, first_token_s = limits.first_token.as_secs_f64(), "asking");
             let mut text = String::new();
             let attempt_started = Instant::now();
-            match self
+            let in_use = self.residency.begin(&candidate.model);
+            let attempt = self
                 .attempt(target, &chat, limits, &mut text, progress)
-                .await
-            {
+                .await;
+            drop(in_use);
+            match attempt {
                 Ok(done) => {
+                    self.stats.record_timing(
+                        &candidate.model,
+                        done.first_token,
+                        done.done.load_duration,
+                        done.done.prompt_eval,
+                    );
                     self.breakers.success(&candidate.endpoint);
                     let generation = attempt_started.elapsed().saturating_sub(done.first_token);
                     let usage = done.done.usage.unwrap_or(Usage {
@@ -577,7 +692,266 @@ impl Engine {
             finish,
             context,
             warning: decision.warning.clone(),
+            cascade: None,
             analysis: Some(analysis),
+        }
+    }
+}
+
+/// What an editor's intent is about to ask (`triage/intent`).
+#[derive(Debug, Clone, Default)]
+pub struct Intent {
+    pub kind: IntentKind,
+    pub selection: Option<String>,
+    pub language_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum IntentKind {
+    /// A chat panel was focused.
+    #[default]
+    Chat,
+    /// A (large) selection was made.
+    Selection,
+    /// A code action menu was opened.
+    CodeAction,
+}
+
+/// What a pre-warm did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Prewarm {
+    /// The model was asked to load, and answered that it is loaded.
+    Loaded { tier: Tier, model: String },
+    /// Nothing was loaded, and why.
+    Skipped { reason: String },
+}
+
+/// A selection shorter than this is no reason to pre-warm: the request will be quick anyway.
+pub const PREWARM_MIN_SELECTION_CHARS: usize = 200;
+
+impl Engine {
+    /// The keep_alive for one attempt, chosen by residency and recorded there.
+    fn keep_alive(&self, candidate: &Candidate) -> String {
+        self.residency
+            .keep_alive_for(&self.config, candidate.tier, &candidate.model)
+    }
+
+    /// The cascade: when the answer's confidence is below its tier's `cascade_below` and the
+    /// mode (the request's, else the tier's) is `offer` or `run`, the next enabled tier up is
+    /// offered in the answer, or asked too and its answer appended. A forced tier or model
+    /// never cascades.
+    async fn cascade(
+        &self,
+        request: &Request,
+        snapshot: &Snapshot,
+        progress: &mut (dyn FnMut(Progress<'_>) + Send),
+        mut first: Answer,
+    ) -> Answer {
+        let tier_config = self.config.tier(first.tier);
+        let mode = request.cascade.unwrap_or(tier_config.cascade);
+        let forced = request.force.tier.is_some() || request.force.model.is_some();
+        if mode == CascadeMode::Off || forced || first.confidence >= tier_config.cascade_below {
+            return first;
+        }
+        let Some(next) = Tier::ALL
+            .into_iter()
+            .find(|t| *t > first.tier && self.config.tier(*t).enabled)
+        else {
+            return first;
+        };
+        let next_model = self.config.tier(next).model.clone();
+        let reason = format!(
+            "confidence {:.2} of {} ({}) is below {:.2}",
+            first.confidence, first.tier, first.model, tier_config.cascade_below
+        );
+        let mut note = Cascade {
+            mode,
+            from_tier: first.tier,
+            from_model: first.model.clone(),
+            from_confidence: first.confidence,
+            tier: next,
+            model: next_model.clone(),
+            second_answer_at: None,
+        };
+        if mode == CascadeMode::Offer {
+            first.reasons.push(format!(
+                "{reason}: the {next} tier ({next_model}) is offered for a stronger answer"
+            ));
+            first.cascade = Some(note);
+            return first;
+        }
+        let candidate = Candidate {
+            tier: next,
+            model: next_model.clone(),
+            endpoint: self
+                .config
+                .tier(next)
+                .endpoints
+                .first()
+                .cloned()
+                .unwrap_or_default(),
+        };
+        let separator = format!("
+
+---
+*{next} ({next_model}) answers too: {reason}.*
+
+");
+        progress(Progress::Cascading {
+            to: &candidate,
+            reason: &reason,
+        });
+        progress(Progress::Delta(&separator));
+        let second_request = Request {
+            force: Force {
+                tier: Some(next),
+                model: None,
+            },
+            cascade: Some(CascadeMode::Off),
+            ..request.clone()
+        };
+        match self.run_once(&second_request, snapshot, progress).await {
+            Ok(mut second) => {
+                let at = first.text.len() + separator.len();
+                second.text = format!("{}{separator}{}", first.text, second.text);
+                let mut reasons = first.reasons;
+                reasons.push(format!("{reason}: the {next} tier answered too"));
+                reasons.extend(second.reasons);
+                second.reasons = reasons;
+                note.second_answer_at = Some(at);
+                second.cascade = Some(note);
+                second.timings.first_token_ms = first.timings.first_token_ms;
+                second
+            }
+            Err(e) => {
+                first.reasons.push(format!(
+                    "{reason}: the {next} tier was asked too but failed: {e}"
+                ));
+                first.text.push_str(&separator);
+                first.text.push_str(&format!("({next_model} failed: {e})"));
+                note.second_answer_at = None;
+                first.cascade = Some(note);
+                first
+            }
+        }
+    }
+
+    /// Pre-warms the model an intent is likely to need: the route of the selection when there
+    /// is one, else the tier of the last typed request (the coder by default). It loads only
+    /// when that model is not loaded, fits by evicting nothing in use or used in the last
+    /// `REUSE_WINDOW_S`, and its endpoint is Ollama (an empty request with keep_alive).
+    /// Dropping the future cancels the request.
+    pub async fn prewarm(&self, intent: &Intent, snapshot: &Snapshot) -> Prewarm {
+        let skipped = |reason: String| Prewarm::Skipped { reason };
+        if !self.config.latency.prewarm {
+            return skipped("pre-warming is off (`[latency] prewarm = false`)".to_string());
+        }
+        if snapshot.gpu.is_none() {
+            return skipped(
+                "no GPU reading: cannot tell whether the model fits (set `[vram] total_mb`)"
+                    .to_string(),
+            );
+        }
+        let selection = intent
+            .selection
+            .as_deref()
+            .filter(|s| s.trim().chars().count() >= PREWARM_MIN_SELECTION_CHARS);
+        let urgency = match intent.kind {
+            IntentKind::Chat => Urgency::Typed,
+            IntentKind::Selection | IntentKind::CodeAction => Urgency::Interactive,
+        };
+        let (tier, analysis) = match selection {
+            Some(text) => {
+                let request = Request {
+                    selection: Some(text.to_string()),
+                    language_id: intent.language_id.clone(),
+                    urgency,
+                    ..Request::default()
+                };
+                match self.decide(&request, snapshot) {
+                    Ok((analysis, decision)) => (decision.tier, analysis),
+                    Err(e) => return skipped(format!("the selection cannot be routed: {e}")),
+                }
+            }
+            None if intent.kind == IntentKind::Selection => {
+                return skipped("the selection is small: no need to pre-warm".to_string())
+            }
+            None => {
+                let tier = self
+                    .residency
+                    .last_typed()
+                    .filter(|t| self.config.tier(*t).enabled)
+                    .or_else(|| {
+                        [Tier::Coder, Tier::Fast, Tier::Heavy]
+                            .into_iter()
+                            .find(|t| self.config.tier(*t).enabled)
+                    })
+                    .unwrap_or(Tier::Fast);
+                let analysis = match self.analyzer.analyze(&Query {
+                    prompt: "…",
+                    ..Query::default()
+                }) {
+                    Ok(a) => a,
+                    Err(e) => return skipped(e.to_string()),
+                };
+                (tier, analysis)
+            }
+        };
+        let t = self.config.tier(tier);
+        let timings = [self.stats.timing(&t.model)];
+        let residency = self.residency.residency();
+        let latency = route::Latency {
+            timings: &timings,
+            residency: &residency,
+            budget_s: self.config.latency.budget_s,
+            load_mb_per_s: self.config.latency.load_mb_per_s,
+        };
+        let expected = route::expect(&self.config, snapshot, &analysis, &latency, tier);
+        if expected.loaded {
+            return skipped(format!("{} is already loaded", t.model));
+        }
+        if !expected.blocked_by.is_empty() {
+            return skipped(format!(
+                "{} would evict {}, which is answering",
+                t.model,
+                expected.blocked_by.join(", ")
+            ));
+        }
+        if expected.never_fits {
+            return skipped(format!("{} does not fit into VRAM", t.model));
+        }
+        if expected.eviction_cost_s > 0.0 || !expected.ping_pong.is_empty() {
+            return skipped(format!(
+                "{} would evict {}, in recent use",
+                t.model,
+                expected.evicts.join(", ")
+            ));
+        }
+        let Some((name, endpoint)) = t
+            .endpoints
+            .iter()
+            .find_map(|n| self.config.endpoints.get(n).map(|e| (n, e)))
+        else {
+            return skipped(format!("the {tier} tier has no endpoint"));
+        };
+        let target = Target { name, endpoint };
+        self.residency
+            .prewarmed(&t.model, residency::PREWARM_KEEP_ALIVE);
+        match self
+            .client
+            .preload(target, &t.model, residency::PREWARM_KEEP_ALIVE)
+            .await
+        {
+            Ok(()) => {
+                info!(model = %t.model, %tier, "pre-warmed");
+                Prewarm::Loaded {
+                    tier,
+                    model: t.model.clone(),
+                }
+            }
+            Err(e) => skipped(format!("{} could not be pre-warmed: {e}", t.model)),
         }
     }
 }
@@ -614,6 +988,7 @@ pub fn decision_json(
         "reasons": d.reasons,
         "warning": d.warning,
         "fallbacks": d.fallbacks,
+        "expected_wait_s": d.expected.iter().map(|e| (e.tier.as_str().to_string(), json!((e.cost_s() * 10.0).round() / 10.0))).collect::<serde_json::Map<String, serde_json::Value>>(),
         "analysis": {
             "language": a.language,
             "intent": a.intent,

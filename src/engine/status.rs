@@ -16,6 +16,8 @@ pub struct Status {
     pub gpu: GpuStatus,
     pub tiers: Vec<TierStatus>,
     pub stats: Vec<Summary>,
+    /// Evictions and reload ping-pong seen by this process.
+    pub residency: super::residency::Counts,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -142,6 +144,7 @@ pub async fn gather(engine: &Engine, monitor: &Monitor) -> Status {
         gpu,
         tiers,
         stats: engine.stats.summaries(),
+        residency: engine.residency().counts(),
     }
 }
 
@@ -245,6 +248,12 @@ impl Status {
                         .unwrap_or_default()
                 ));
             }
+        }
+        if self.residency != super::residency::Counts::default() {
+            s.push_str(&format!(
+                "residency: {} evictions, {} reloaded within a minute (ping-pong)\n",
+                self.residency.evictions, self.residency.ping_pongs
+            ));
         }
         s.trim_end().to_string()
     }

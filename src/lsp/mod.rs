@@ -63,6 +63,7 @@ pub async fn serve(sources: config::Sources) -> Result<bool, String> {
     .custom_method("triage/chat", Server::chat)
     .custom_method("triage/route", Server::route)
     .custom_method("triage/status", Server::status)
+    .custom_method("triage/intent", Server::intent)
     .custom_method("textDocument/inlineCompletion", Server::inline_completion)
     .finish();
     let service = Ordered {

@@ -68,6 +68,8 @@ pub struct State {
     work_done_progress: AtomicBool,
     shutdown: AtomicBool,
     client: std::sync::OnceLock<Client>,
+    /// The running pre-warm of each intent kind; a new intent or `active: false` aborts it.
+    prewarms: Mutex<HashMap<engine::IntentKind, tokio::task::JoinHandle<()>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -118,6 +120,7 @@ impl State {
             work_done_progress: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
             client: std::sync::OnceLock::new(),
+            prewarms: Mutex::default(),
         })
     }
 
@@ -345,6 +348,11 @@ impl Server {
                         *lock(&seen) = (c.model.clone(), false);
                         mark_at_work(&state, &c.model, true);
                         Event::Trying(c.model.clone())
+                    }
+                    Progress::Cascading { to, reason } => {
+                        *lock(&seen) = (to.model.clone(), false);
+                        mark_at_work(&state, &to.model, true);
+                        Event::Routed(Some(format!("{reason}: asking {} too", to.model)))
                     }
                     Progress::FellBack { from, error } => {
                         mark_at_work(&state, &from.model, false);
@@ -613,8 +621,23 @@ pub struct ChatParams {
     pub range: Option<Range>,
     pub tier: Option<String>,
     pub model: Option<String>,
+    /// The longest wait to the first token, in seconds (snake case, as the contract spells it).
+    #[serde(rename = "budget_s", alias = "budgetS")]
+    pub budget_s: Option<f64>,
+    /// `off`, `offer` or `run`: the cascade after a low-confidence answer.
+    pub cascade: Option<String>,
     pub partial_result_token: Option<ProgressToken>,
     pub work_done_token: Option<ProgressToken>,
+}
+
+/// Parameters of `triage/intent`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct IntentParams {
+    kind: engine::IntentKind,
+    active: bool,
+    text_document: Option<TextDocumentIdentifier>,
+    range: Option<Range>,
 }
 
 /// The argument of every `triage.*` command.
@@ -657,6 +680,21 @@ impl Server {
                 tier,
                 model: p.model.clone(),
             },
+            budget_s: match p.budget_s {
+                Some(b) if !(b.is_finite() && b > 0.0) => {
+                    return Err(invalid_params(format!(
+                        "budget_s must be a positive number of seconds, not {b}"
+                    )))
+                }
+                b => b,
+            },
+            urgency: engine::Urgency::Typed,
+            cascade: p
+                .cascade
+                .as_deref()
+                .map(str::parse::<config::CascadeMode>)
+                .transpose()
+                .map_err(invalid_params)?,
         })
     }
 
@@ -685,6 +723,85 @@ impl Server {
             &analysis,
             engine.config(),
         ))
+    }
+
+    /// `triage/intent` (client → server): `{kind: "chat"|"selection"|"codeAction", active,
+    /// textDocument?: {uri}, range?}`. `active: true` pre-warms the likely model, `false`
+    /// cancels a running pre-warm of that kind.
+    pub async fn intent(&self, params: Value) {
+        let parsed: Result<IntentParams, _> = serde_json::from_value(params);
+        let p = match parsed {
+            Ok(p) => p,
+            Err(e) => {
+                self.client
+                    .log_message(
+                        MessageType::ERROR,
+                        format!("triage: triage/intent ignored, its params are not valid: {e}"),
+                    )
+                    .await;
+                return;
+            }
+        };
+        let kind = p.kind;
+        let running = lock(&self.state.prewarms).remove(&kind);
+        if let Some(running) = running {
+            running.abort();
+            if !p.active {
+                self.client
+                    .log_message(
+                        MessageType::INFO,
+                        format!("triage: pre-warm for {kind:?} cancelled"),
+                    )
+                    .await;
+            }
+        }
+        if !p.active {
+            return;
+        }
+        let (selection, language_id) = match (&p.text_document, p.range) {
+            (Some(doc), Some(range)) => match self.selection(&doc.uri, range) {
+                Ok((text, language, _, _)) => (Some(text), Some(language)),
+                Err(_) => (None, None),
+            },
+            (Some(doc), None) => (
+                None,
+                lock(&self.state.docs)
+                    .get(&doc.uri)
+                    .map(|d| d.language_id.clone()),
+            ),
+            _ => (None, None),
+        };
+        self.start_prewarm(engine::Intent {
+            kind,
+            selection,
+            language_id,
+        });
+    }
+
+    /// Starts a pre-warm for `intent` in the background, replacing one of the same kind.
+    fn start_prewarm(&self, intent: engine::Intent) {
+        let engine = self.state.engine();
+        if !engine.config().latency.prewarm {
+            return;
+        }
+        let snapshot = read(&self.state.monitor).snapshot(SNAPSHOT_MAX_AGE);
+        let client = self.client.clone();
+        let kind = intent.kind;
+        let task = tokio::spawn(async move {
+            let outcome = engine.prewarm(&intent, &snapshot).await;
+            let text = match outcome {
+                engine::Prewarm::Loaded { tier, model } => {
+                    format!("triage: pre-warmed {model} ({tier}) for {kind:?}")
+                }
+                engine::Prewarm::Skipped { reason } => {
+                    format!("triage: no pre-warm for {kind:?}: {reason}")
+                }
+            };
+            client.log_message(MessageType::INFO, text).await;
+        });
+        if let Some(old) = lock(&self.state.prewarms).insert(kind, task) {
+            old.abort();
+        }
     }
 
     pub async fn status(&self) -> jsonrpc::Result<Value> {
@@ -976,6 +1093,12 @@ impl LanguageServer for Server {
         if text.trim().is_empty() {
             return Ok(None);
         }
+        // The menu opening is the intent to run one of these actions.
+        self.start_prewarm(engine::Intent {
+            kind: engine::IntentKind::CodeAction,
+            selection: Some(text.clone()),
+            language_id: Some(language.clone()),
+        });
         let is_shell = if params.range.start == params.range.end {
             let doc = lock(&self.state.docs).get(&uri).map(|d| d.text.clone());
             doc.and_then(|rope| shell::command_at(&rope, range.start.line as usize, &language))
@@ -1033,6 +1156,14 @@ impl LanguageServer for Server {
             language_id: Some(language),
             action: Some(*action),
             force: Force::default(),
+            // Code actions are waited for with the cursor; "ask the heavy model" is a
+            // deliberate deep question.
+            urgency: if *action == Action::AskHeavy {
+                engine::Urgency::Typed
+            } else {
+                engine::Urgency::Interactive
+            },
+            ..engine::Request::default()
         };
         let token = self.begin_progress(&format!("triage: {title}")).await;
         let result = self.run(request, token.clone(), None).await;
@@ -1046,8 +1177,15 @@ impl LanguageServer for Server {
             _ => None,
         };
         if let Some(append) = edit_kind {
+            // After a cascade that ran, the edit is the second (stronger) answer's.
+            let text = answer
+                .cascade
+                .as_ref()
+                .and_then(|c| c.second_answer_at)
+                .and_then(|at| answer.text.get(at..))
+                .unwrap_or(&answer.text);
             let applied = self
-                .apply_answer(&args.uri, version, range, &answer.text, append)
+                .apply_answer(&args.uri, version, range, text, append)
                 .await;
             if let Some(map) = value.as_object_mut() {
                 map.insert("applied".to_string(), json!(applied.is_ok()));
@@ -1080,6 +1218,8 @@ impl LanguageServer for Server {
                     language_id: Some("shellscript".to_string()),
                     action: Some(Action::ExplainShell),
                     force: Force::default(),
+                    urgency: engine::Urgency::Interactive,
+                    ..engine::Request::default()
                 };
                 // A cursor that moves on cancels this request, which drops the model's stream.
                 let answer = self.run(request, None, None).await.map_err(engine_error)?;
