@@ -314,7 +314,9 @@ impl GpuArgs {
                 model: m.to_string(),
                 in_use: true,
                 idle_s: Some(0.0),
+                wanted_s_ago: Some(0.0),
                 keep_alive_s: None,
+                evicted_s_ago: None,
             })
             .collect()
     }

@@ -374,6 +374,11 @@ pub struct Residency {
     pub in_use: bool,
     /// Seconds since triage last used it; `None` when triage never did.
     pub idle_s: Option<f64>,
+    /// Seconds since a request last needed its tier (the analysis preferred it): how likely it is
+    /// to be needed again, whatever answered meanwhile. `None`: never.
+    pub wanted_s_ago: Option<f64>,
+    /// Seconds since it was seen leaving VRAM before its keep_alive ran out.
+    pub evicted_s_ago: Option<f64>,
     /// The keep_alive triage last sent for it, in seconds (`f64::INFINITY` for ever).
     pub keep_alive_s: Option<f64>,
 }
@@ -499,6 +504,13 @@ pub fn expect(
         return e;
     }
     e.load_s = latency.load_s(&t.model, t.vram_mb);
+    if latency
+        .residency(&t.model)
+        .and_then(|r| r.evicted_s_ago)
+        .is_some_and(|ago| ago < PING_PONG_S)
+    {
+        e.ping_pong.push(t.model.clone());
+    }
     let Some(gpu) = snapshot.gpu else {
         return e;
     };
@@ -526,9 +538,11 @@ pub fn expect(
             continue;
         }
         free = free.saturating_add(victim.vram_mb);
+        // Answering for another tier (a loaded heavy model taking coder tasks) does not make a
+        // model likely to be needed: only requests that wanted its tier do.
         let reuse = residency
-            .and_then(|r| r.idle_s)
-            .map_or(0.0, |idle| (1.0 - idle / REUSE_WINDOW_S).clamp(0.0, 1.0));
+            .and_then(|r| r.wanted_s_ago)
+            .map_or(0.0, |ago| (1.0 - ago / REUSE_WINDOW_S).clamp(0.0, 1.0));
         e.eviction_cost_s +=
             reuse * latency.load_s(&victim.name, victim.vram_mb.max(victim.size_mb));
         if residency
@@ -594,6 +608,11 @@ fn choose_by_latency(
                 "{} ({model}) would have to evict {}, which is answering: never done",
                 e.tier,
                 names(config, &e.blocked_by)
+            ));
+        } else if e.ping_pong.iter().any(|m| m == model) {
+            reasons.push(format!(
+                "{} ({model}) was evicted less than a minute ago: no reload ping-pong",
+                e.tier
             ));
         } else if !e.ping_pong.is_empty() {
             reasons.push(format!(
@@ -1073,12 +1092,15 @@ mod tests {
         }
     }
 
+    /// Used (for its own tier) `idle_s` ago.
     fn used(model: &str, idle_s: f64) -> Residency {
         Residency {
             model: model.into(),
             in_use: false,
             idle_s: Some(idle_s),
+            wanted_s_ago: Some(idle_s),
             keep_alive_s: None,
+            evicted_s_ago: None,
         }
     }
 
@@ -1316,6 +1338,42 @@ mod tests {
             &latency(&[], &r, 60.0),
         );
         assert_eq!(d.tier, Tier::Coder, "{:?}", d.reasons);
+    }
+
+    #[test]
+    fn answering_for_another_tier_does_not_make_a_model_sticky() {
+        // The heavy model has been answering coder tasks for a while; nobody wanted heavy for
+        // 20 minutes: the coder model comes back for a typed request.
+        let snapshot = card(&[("llama3.2:3b", 3000), ("llama3.1:70b", 44_000)]);
+        let r = [Residency {
+            wanted_s_ago: Some(1200.0),
+            ..used("llama3.1:70b", 90.0)
+        }];
+        let d = decide_timed(
+            &snapshot,
+            &analysis(0.05, 0.9, 0.05),
+            &latency(&[], &r, 60.0),
+        );
+        assert_eq!(d.tier, Tier::Coder, "{:?}", d.reasons);
+        // A model evicted 30 s ago is not loaded again at once.
+        let r = [
+            Residency {
+                evicted_s_ago: Some(30.0),
+                ..used("qwen3-coder:30b", 30.0)
+            },
+            used("llama3.1:70b", 90.0),
+        ];
+        let d = decide_timed(
+            &snapshot,
+            &analysis(0.05, 0.9, 0.05),
+            &latency(&[], &r, 60.0),
+        );
+        assert_eq!(d.tier, Tier::Heavy, "{:?}", d.reasons);
+        assert!(
+            has(&d, "was evicted less than a minute ago"),
+            "{:?}",
+            d.reasons
+        );
     }
 
     #[test]

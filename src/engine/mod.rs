@@ -374,7 +374,7 @@ impl Engine {
                     answer: tier_config.max_tokens,
                 },
             );
-            let keep_alive = self.keep_alive(candidate);
+            let keep_alive = self.keep_alive(candidate, &analysis);
             let chat = ChatRequest {
                 model: candidate.model.clone(),
                 messages: prompt.messages,
@@ -732,10 +732,18 @@ pub enum Prewarm {
 pub const PREWARM_MIN_SELECTION_CHARS: usize = 200;
 
 impl Engine {
-    /// The keep_alive for one attempt, chosen by residency and recorded there.
-    fn keep_alive(&self, candidate: &Candidate) -> String {
-        self.residency
-            .keep_alive_for(&self.config, candidate.tier, &candidate.model)
+    /// The keep_alive for one attempt: chosen by residency and recorded there, or the tier's
+    /// own when the latency rule is off.
+    fn keep_alive(&self, candidate: &Candidate, analysis: &Analysis) -> String {
+        if !self.config.latency.enabled {
+            return self.config.tier(candidate.tier).keep_alive.clone();
+        }
+        self.residency.keep_alive_for(
+            &self.config,
+            candidate.tier,
+            &candidate.model,
+            analysis.scores.ranking()[0],
+        )
     }
 
     /// The cascade: when the answer's confidence is below its tier's `cascade_below` and the
@@ -793,12 +801,14 @@ impl Engine {
                 .cloned()
                 .unwrap_or_default(),
         };
-        let separator = format!("
+        let separator = format!(
+            "
 
 ---
 *{next} ({next_model}) answers too: {reason}.*
 
-");
+"
+        );
         progress(Progress::Cascading {
             to: &candidate,
             reason: &reason,

@@ -89,9 +89,11 @@ impl ManualTime {
 
 #[derive(Debug, Default, Clone)]
 struct ModelUse {
-    /// Start times of recent requests (within the working window).
+    /// Start times of recent requests that wanted its tier (within the working window).
     uses: VecDeque<Duration>,
     last_used: Option<Duration>,
+    /// When a request last wanted its tier.
+    last_wanted: Option<Duration>,
     in_flight: u32,
     /// Answering (as far as the replay's simulator says) until then.
     busy_until: Option<Duration>,
@@ -166,8 +168,16 @@ impl Tracker {
         }
     }
 
-    /// Records a request to `model` of `tier` and returns the keep_alive to send with it.
-    pub fn keep_alive_for(&self, config: &Config, tier: Tier, model: &str) -> String {
+    /// Records that a request whose analysis preferred `preferred` goes to `model` of `tier`,
+    /// and returns the keep_alive to send. Only requests that wanted the tier count towards
+    /// the working set: a heavy model answering coder tasks for a while is not kept for hours.
+    pub fn keep_alive_for(
+        &self,
+        config: &Config,
+        tier: Tier,
+        model: &str,
+        preferred: Tier,
+    ) -> String {
         let now = self.now();
         let mut models = self.lock();
         let m = models.entry(canonical_model_name(model)).or_default();
@@ -179,11 +189,24 @@ impl Tracker {
         {
             m.uses.pop_front();
         }
-        m.uses.push_back(now);
+        if preferred == tier {
+            m.uses.push_back(now);
+        }
         m.last_used = Some(now);
         let chosen = keep_alive(config, tier, m.uses.len());
         m.keep_alive_s = seconds_of(&chosen);
+        drop(models);
+        self.wanted(&config.tier(preferred).model);
         chosen
+    }
+
+    /// Records that a request wanted `model`'s tier (whatever answers it).
+    pub fn wanted(&self, model: &str) {
+        let now = self.now();
+        self.lock()
+            .entry(canonical_model_name(model))
+            .or_default()
+            .last_wanted = Some(now);
     }
 
     /// Records the keep_alive of a pre-warm (no use: nobody asked yet).
@@ -238,7 +261,9 @@ impl Tracker {
                         .last_used
                         .map(|t| now.saturating_sub(t).as_secs_f64())
                         .map(|idle| if busy || m.in_flight > 0 { 0.0 } else { idle }),
+                    wanted_s_ago: m.last_wanted.map(|t| now.saturating_sub(t).as_secs_f64()),
                     keep_alive_s: m.keep_alive_s,
+                    evicted_s_ago: m.evicted_at.map(|t| now.saturating_sub(t).as_secs_f64()),
                 }
             })
             .collect()
@@ -279,9 +304,9 @@ impl Tracker {
         }
         for back in current.iter().filter(|m| !previous.contains(m)) {
             if let Some(m) = models.get_mut(back) {
-                if m.evicted_at.is_some_and(|t| {
-                    now.saturating_sub(t).as_secs_f64() < route::PING_PONG_S
-                }) {
+                if m.evicted_at
+                    .is_some_and(|t| now.saturating_sub(t).as_secs_f64() < route::PING_PONG_S)
+                {
                     counts.ping_pongs += 1;
                 }
                 m.evicted_at = None;
@@ -324,7 +349,11 @@ mod tests {
             (Tier::Heavy, 3, "2h"),
         ];
         for (tier, uses, expected) in cases {
-            assert_eq!(keep_alive(&c, tier, uses), expected, "{tier} after {uses} uses");
+            assert_eq!(
+                keep_alive(&c, tier, uses),
+                expected,
+                "{tier} after {uses} uses"
+            );
         }
     }
 
@@ -333,26 +362,60 @@ mod tests {
         let (clock, hand) = Clock::manual();
         let t = Tracker::new(clock);
         let c = cfg();
-        assert_eq!(t.keep_alive_for(&c, Tier::Coder, "qwen3-coder:30b"), "30m");
+        assert_eq!(
+            t.keep_alive_for(&c, Tier::Coder, "qwen3-coder:30b", Tier::Coder),
+            "30m"
+        );
         hand.set(Duration::from_secs(600));
-        assert_eq!(t.keep_alive_for(&c, Tier::Coder, "qwen3-coder:30b"), "30m");
+        assert_eq!(
+            t.keep_alive_for(&c, Tier::Coder, "qwen3-coder:30b", Tier::Coder),
+            "30m"
+        );
         hand.set(Duration::from_secs(1200));
-        assert_eq!(t.keep_alive_for(&c, Tier::Coder, "qwen3-coder:30b"), "2h");
+        assert_eq!(
+            t.keep_alive_for(&c, Tier::Coder, "qwen3-coder:30b", Tier::Coder),
+            "2h"
+        );
         // Forty minutes later the first two uses have left the window.
         hand.set(Duration::from_secs(3600));
-        assert_eq!(t.keep_alive_for(&c, Tier::Coder, "qwen3-coder:30b"), "30m");
+        assert_eq!(
+            t.keep_alive_for(&c, Tier::Coder, "qwen3-coder:30b", Tier::Coder),
+            "30m"
+        );
         {
             let _answering = t.begin("qwen3-coder:30b");
             let r = t.residency();
             assert!(r[0].in_use);
         }
         hand.set(Duration::from_secs(3630));
-        let r = t.residency();
+        // Answering heavy requests as a stand-in does not make it part of the working set.
+        for _ in 0..3 {
+            assert_eq!(
+                t.keep_alive_for(&c, Tier::Coder, "qwen3-coder:30b", Tier::Heavy),
+                "30m"
+            );
+        }
+        let r: Vec<_> = t
+            .residency()
+            .into_iter()
+            .filter(|r| r.model == "qwen3-coder:30b")
+            .collect();
+        assert_eq!(r[0].wanted_s_ago, Some(30.0));
         assert!(!r[0].in_use);
-        assert_eq!(r[0].idle_s, Some(30.0));
+        assert_eq!(r[0].idle_s, Some(0.0));
         assert_eq!(r[0].keep_alive_s, Some(1800.0));
+        hand.set(Duration::from_secs(3640));
         t.busy_until("qwen3-coder:30b", Duration::from_secs(3700));
-        assert!(t.residency()[0].in_use);
+        let coder = |t: &Tracker| {
+            t.residency()
+                .into_iter()
+                .find(|r| r.model == "qwen3-coder:30b")
+                .expect("tracked")
+        };
+        assert!(coder(&t).in_use);
+        hand.set(Duration::from_secs(3710));
+        assert!(!coder(&t).in_use);
+        assert_eq!(coder(&t).idle_s, Some(10.0));
     }
 
     fn snapshot(models: &[&str]) -> Snapshot {
@@ -373,7 +436,7 @@ mod tests {
         let (clock, hand) = Clock::manual();
         let t = Tracker::new(clock);
         let c = cfg();
-        t.keep_alive_for(&c, Tier::Coder, "qwen3-coder:30b");
+        t.keep_alive_for(&c, Tier::Coder, "qwen3-coder:30b", Tier::Coder);
         t.observe(&snapshot(&["qwen3-coder:30b"]));
         hand.set(Duration::from_secs(100));
         // Gone within its 30 min keep_alive: evicted.
