@@ -6,10 +6,15 @@
 //!
 //! Used in-process by the Rust tests and standalone (`cargo run --example test_backend`) by the
 //! editor-client tests, which steer it over `POST /_test/fault` and read `GET /_test/requests`.
+//!
+//! With [`TestBackend::simulate`] it also simulates one GPU on a virtual clock (see [`Sim`]):
+//! models load (time proportional to size), are evicted when VRAM is full the way Ollama does
+//! it, expire by keep_alive, answer one request at a time, and `/api/ps` shows what is resident.
+//! The replay benchmark drives triage's real engine against it.
 
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -68,6 +73,11 @@ pub struct Recorded {
     pub closed_early: bool,
     /// The whole answer was sent.
     pub completed: bool,
+    /// A request that only loads the model (no prompt, no messages).
+    #[serde(default)]
+    pub preload: bool,
+    /// What the GPU simulator made of it.
+    pub sim: Option<SimOutcome>,
 }
 
 #[derive(Default)]
@@ -75,6 +85,7 @@ struct Shared {
     faults: HashMap<String, Fault>,
     requests: Vec<Recorded>,
     loaded: Vec<Value>,
+    sim: Option<Sim>,
 }
 
 #[derive(Clone, Default)]
@@ -169,6 +180,30 @@ impl TestBackend {
         self.state.with(|s| s.requests.clone())
     }
 
+    /// Turns on the GPU simulator (replacing `set_loaded`): nothing is loaded, the clock is 0.
+    pub fn simulate(&self, config: SimConfig) {
+        self.state.with(|s| s.sim = Some(Sim::new(config)));
+    }
+
+    /// Sets the simulator's clock (seconds); it never goes back.
+    pub fn set_time(&self, now_s: f64) {
+        self.state.with(|s| {
+            if let Some(sim) = &mut s.sim {
+                sim.now_s = sim.now_s.max(now_s);
+            }
+        });
+    }
+
+    /// The simulated GPU: (total MB, free MB) now.
+    pub fn gpu(&self) -> Option<(u64, u64)> {
+        self.state
+            .with(|s| s.sim.as_ref().map(|sim| (sim.config.total_mb, sim.free_mb())))
+    }
+
+    pub fn sim_counts(&self) -> Option<SimCounts> {
+        self.state.with(|s| s.sim.as_ref().map(|sim| sim.counts.clone()))
+    }
+
     /// Waits (bounded) until `pred` holds for the recorded requests.
     pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&[Recorded]) -> bool) -> bool {
         let deadline = std::time::Instant::now() + timeout;
@@ -209,6 +244,8 @@ fn router(state: AppState) -> Router {
         .route("/_test/fault", post(control_fault))
         .route("/_test/requests", get(control_requests))
         .route("/_test/loaded", post(control_loaded))
+        .route("/_test/sim", post(control_sim).get(control_sim_state))
+        .route("/_test/clock", post(control_clock))
         .with_state(state)
 }
 
@@ -233,6 +270,81 @@ async fn control_loaded(
 ) -> StatusCode {
     state.with(|s| s.loaded = models);
     StatusCode::NO_CONTENT
+}
+
+async fn control_sim(State(state): State<AppState>, Json(config): Json<SimConfig>) -> StatusCode {
+    state.with(|s| s.sim = Some(Sim::new(config)));
+    StatusCode::NO_CONTENT
+}
+
+async fn control_sim_state(State(state): State<AppState>) -> Json<Value> {
+    Json(state.with(|s| match &s.sim {
+        Some(sim) => json!({"now_s": sim.now_s, "total_mb": sim.config.total_mb,
+                            "free_mb": sim.free_mb(), "counts": sim.counts}),
+        None => Value::Null,
+    }))
+}
+
+#[derive(Deserialize)]
+struct ClockCommand {
+    now_s: f64,
+}
+
+async fn control_clock(State(state): State<AppState>, Json(cmd): Json<ClockCommand>) -> StatusCode {
+    state.with(|s| {
+        if let Some(sim) = &mut s.sim {
+            sim.now_s = sim.now_s.max(cmd.now_s);
+        }
+    });
+    StatusCode::NO_CONTENT
+}
+
+/// A request that only loads the model: Ollama's documented preload (no prompt / messages).
+fn is_preload(path: &str, body: &Value) -> bool {
+    match path {
+        "/api/generate" => {
+            body["prompt"].as_str().is_none_or(str::is_empty) && body.get("suffix").is_none()
+        }
+        "/api/chat" => body["messages"].as_array().is_none_or(Vec::is_empty),
+        _ => false,
+    }
+}
+
+/// Answers a preload as Ollama does: one JSON object with `done_reason: "load"`, after the
+/// load (a `cold_load` fault's time; the simulator's is virtual). The client leaving first is
+/// recorded as `closed_early`.
+fn preload_answer(state: AppState, index: usize, model: String, fault: Fault) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+    let simulated = state.with(|s| s.sim.is_some());
+    tokio::spawn(async move {
+        let wait = match fault {
+            Fault::ColdLoad { ms } if !simulated => Duration::from_millis(ms),
+            Fault::HangBeforeFirstToken => Duration::from_secs(120),
+            _ => Duration::ZERO,
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = tx.closed() => {
+                state.with(|x| x.requests[index].closed_early = true);
+                return;
+            }
+        }
+        let body = json!({"model": model, "created_at": "2026-01-01T00:00:00Z", "response": "",
+                          "done": true, "done_reason": "load"});
+        if tx.send(Ok(Bytes::from(body.to_string()))).await.is_ok() {
+            state.with(|x| x.requests[index].completed = true);
+        } else {
+            state.with(|x| x.requests[index].closed_early = true);
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -276,6 +388,8 @@ fn record(state: &AppState, path: &str, headers: &HeaderMap, body: &Value) -> (u
         text: text_of(body),
         closed_early: false,
         completed: false,
+        preload: is_preload(path, body),
+        sim: None,
     };
     state.with(|s| {
         s.requests.push(entry);
@@ -409,6 +523,17 @@ async fn answer(
 ) -> Response {
     let (index, fault) = record(&state, path, &headers, &body);
     let model = body["model"].as_str().unwrap_or("").to_string();
+    let preload = dialect != Dialect::Openai && is_preload(path, &body);
+    let simulated = match simulate_request(&state, index, &body, preload) {
+        Ok(outcome) => outcome,
+        Err(message) => {
+            return (StatusCode::INTERNAL_SERVER_ERROR, Json(error_body(dialect, &message)))
+                .into_response()
+        }
+    };
+    if preload {
+        return preload_answer(state, index, model, fault);
+    }
     match fault {
         Fault::Status { code } => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -495,14 +620,11 @@ async fn answer(
             Fault::ColdLoad { ms } => ms,
             _ => 0,
         };
-        if send(final_chunks(
-            dialect,
-            &model,
-            limit,
-            fault == Fault::Length,
-            load_ms,
-        ))
-        .await
+        let last = match &simulated {
+            Some(sim) => simulated_final_chunk(dialect, &model, sim),
+            None => final_chunks(dialect, &model, limit, fault == Fault::Length, load_ms),
+        };
+        if send(last).await
         {
             task_state.with(|x| x.requests[index].completed = true);
         } else {
@@ -548,7 +670,10 @@ async fn ollama_tags(State(state): State<AppState>) -> Json<Value> {
 }
 
 async fn ollama_ps(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({ "models": state.with(|s| s.loaded.clone()) }))
+    Json(json!({ "models": state.with(|s| match &s.sim {
+        Some(sim) => sim.ps(),
+        None => s.loaded.clone(),
+    }) }))
 }
 
 async fn ollama_show(State(state): State<AppState>, Json(body): Json<Value>) -> Response {
@@ -573,4 +698,318 @@ async fn openai_models(State(state): State<AppState>) -> Json<Value> {
         .map(|m| json!({"id": m, "object": "model"}))
         .collect();
     Json(json!({"object": "list", "data": data}))
+}
+
+// -------------------------------------------------------------------------------------------
+// The GPU simulator.
+
+/// One model as the simulator runs it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SimModel {
+    /// Memory it takes when loaded (weights and the KV cache for its num_ctx), MB.
+    pub size_mb: u64,
+    pub prompt_tokens_per_s: f64,
+    /// Generation speed.
+    pub tokens_per_s: f64,
+    /// Time from the end of prompt evaluation to the first token, seconds.
+    pub overhead_s: f64,
+}
+
+/// The simulated machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SimConfig {
+    pub total_mb: u64,
+    /// Load speed (disk to VRAM), MB/s: load time is proportional to size.
+    pub load_mb_per_s: f64,
+    /// keep_alive of a request that sends none (Ollama: 5 minutes).
+    pub default_keep_alive_s: f64,
+    pub models: BTreeMap<String, SimModel>,
+}
+
+/// What the simulator did with one request, in virtual seconds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SimOutcome {
+    pub arrival_s: f64,
+    pub first_token_s: f64,
+    pub done_s: f64,
+    /// Arrival to first token (to loaded, for a preload).
+    pub wait_s: f64,
+    /// Part of the wait spent loading the model.
+    pub load_s: f64,
+    pub prompt_tokens: u64,
+    /// Time the prompt took to read (Ollama `prompt_eval_duration`).
+    pub prompt_eval_s: f64,
+    pub answer_tokens: u64,
+    /// This request made the model load.
+    pub caused_load: bool,
+    /// Models unloaded to make room for it.
+    pub evicted: Vec<String>,
+}
+
+/// What happened on the simulated GPU.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SimCounts {
+    pub loads: u64,
+    /// Unloaded to make room for another model.
+    pub evictions: u64,
+    /// Unloaded because their keep_alive ran out.
+    pub expiries: u64,
+    /// Loaded again within 60 s of being evicted.
+    pub ping_pongs: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Resident {
+    name: String,
+    size_mb: u64,
+    /// Loaded (ready to answer) from then on.
+    ready_s: f64,
+    /// Answering until then (one request at a time, as OLLAMA_NUM_PARALLEL=1).
+    busy_until_s: f64,
+    keep_alive_s: f64,
+}
+
+/// One GPU on a virtual clock, scheduling like Ollama: a model not loaded is loaded (one load at
+/// a time, `size_mb / load_mb_per_s` seconds); when VRAM is full, idle models are unloaded, the
+/// shortest keep_alive first (ties by name), and a model answering is never unloaded (the load
+/// waits until it is idle); a model idle for its keep_alive unloads; each model answers one
+/// request at a time, prompt at `prompt_tokens_per_s`, then `overhead_s`, then the answer at
+/// `tokens_per_s`.
+pub struct Sim {
+    config: SimConfig,
+    now_s: f64,
+    resident: Vec<Resident>,
+    loader_free_s: f64,
+    evicted_at: HashMap<String, f64>,
+    counts: SimCounts,
+}
+
+impl Sim {
+    fn new(config: SimConfig) -> Sim {
+        Sim {
+            config,
+            now_s: 0.0,
+            resident: Vec::new(),
+            loader_free_s: 0.0,
+            evicted_at: HashMap::new(),
+            counts: SimCounts::default(),
+        }
+    }
+
+    fn free_mb(&self) -> u64 {
+        let used: u64 = self.resident.iter().map(|r| r.size_mb).sum();
+        self.config.total_mb.saturating_sub(used)
+    }
+
+    fn ps(&self) -> Vec<Value> {
+        self.resident
+            .iter()
+            .map(|r| {
+                let bytes = r.size_mb * 1024 * 1024;
+                json!({"name": r.name, "model": r.name, "size": bytes, "size_vram": bytes,
+                       "expires_at": "2030-01-01T00:00:00Z"})
+            })
+            .collect()
+    }
+
+    /// Unloads models whose keep_alive ran out by `now`.
+    fn expire(&mut self, now: f64) {
+        let before = self.resident.len();
+        self.resident
+            .retain(|r| r.busy_until_s.max(r.ready_s) + r.keep_alive_s > now);
+        self.counts.expiries += (before - self.resident.len()) as u64;
+    }
+
+    fn schedule(
+        &mut self,
+        model: &str,
+        prompt_tokens: u64,
+        answer_tokens: u64,
+        keep_alive_s: f64,
+        preload: bool,
+    ) -> Result<SimOutcome, String> {
+        let arrival = self.now_s;
+        self.expire(arrival);
+        let spec = self
+            .config
+            .models
+            .get(model)
+            .cloned()
+            .ok_or_else(|| format!("model '{model}' not found"))?;
+        let mut evicted = Vec::new();
+        let mut caused_load = false;
+        if !self.resident.iter().any(|r| r.name == model) {
+            let mut t = arrival;
+            while self.free_mb() < spec.size_mb {
+                let mut idle: Vec<usize> = (0..self.resident.len())
+                    .filter(|i| {
+                        let r = &self.resident[*i];
+                        r.busy_until_s <= t && r.ready_s <= t
+                    })
+                    .collect();
+                idle.sort_by(|a, b| {
+                    let (a, b) = (&self.resident[*a], &self.resident[*b]);
+                    a.keep_alive_s
+                        .total_cmp(&b.keep_alive_s)
+                        .then(a.name.cmp(&b.name))
+                });
+                if let Some(&victim) = idle.first() {
+                    let gone = self.resident.remove(victim);
+                    self.evicted_at.insert(gone.name.clone(), t);
+                    self.counts.evictions += 1;
+                    evicted.push(gone.name);
+                    continue;
+                }
+                // Nothing idle: wait for the first model to finish answering.
+                let Some(next) = self
+                    .resident
+                    .iter()
+                    .map(|r| r.busy_until_s.max(r.ready_s))
+                    .min_by(f64::total_cmp)
+                else {
+                    return Err(format!(
+                        "model requires more system memory ({} MB) than is available",
+                        spec.size_mb
+                    ));
+                };
+                t = next.max(t);
+            }
+            let start = t.max(self.loader_free_s);
+            let ready = start + spec.size_mb as f64 / self.config.load_mb_per_s;
+            self.loader_free_s = ready;
+            if self
+                .evicted_at
+                .get(model)
+                .is_some_and(|e| start - e < 60.0)
+            {
+                self.counts.ping_pongs += 1;
+            }
+            self.counts.loads += 1;
+            caused_load = true;
+            self.resident.push(Resident {
+                name: model.to_string(),
+                size_mb: spec.size_mb,
+                ready_s: ready,
+                busy_until_s: ready,
+                keep_alive_s,
+            });
+        }
+        let Some(r) = self.resident.iter_mut().find(|r| r.name == model) else {
+            return Err("the simulator lost a model".to_string());
+        };
+        r.keep_alive_s = keep_alive_s;
+        let load_s = (r.ready_s - arrival).max(0.0);
+        let (first, done) = if preload {
+            (r.ready_s.max(arrival), r.ready_s.max(arrival))
+        } else {
+            let start = arrival.max(r.ready_s).max(r.busy_until_s);
+            let first =
+                start + prompt_tokens as f64 / spec.prompt_tokens_per_s + spec.overhead_s;
+            let done = first + answer_tokens as f64 / spec.tokens_per_s;
+            r.busy_until_s = done;
+            (first, done)
+        };
+        Ok(SimOutcome {
+            arrival_s: arrival,
+            first_token_s: first,
+            done_s: done,
+            wait_s: first - arrival,
+            load_s,
+            prompt_tokens,
+            prompt_eval_s: prompt_tokens as f64 / spec.prompt_tokens_per_s,
+            answer_tokens: if preload { 0 } else { answer_tokens },
+            caused_load,
+            evicted,
+        })
+    }
+}
+
+/// Ollama's keep_alive: seconds (negative: for ever) or a duration ("5m", "2h", "90s").
+fn keep_alive_seconds(value: &Value, default_s: f64) -> f64 {
+    if let Some(n) = value.as_f64() {
+        return if n < 0.0 { f64::INFINITY } else { n };
+    }
+    let Some(text) = value.as_str() else {
+        return default_s;
+    };
+    if let Ok(n) = text.trim().parse::<f64>() {
+        return if n < 0.0 { f64::INFINITY } else { n };
+    }
+    let mut total = 0.0;
+    let mut number = String::new();
+    for c in text.trim().chars() {
+        if c.is_ascii_digit() || c == '.' {
+            number.push(c);
+            continue;
+        }
+        let n: f64 = number.parse().unwrap_or(0.0);
+        number.clear();
+        total += n * match c {
+            'h' => 3600.0,
+            'm' => 60.0,
+            _ => 1.0,
+        };
+    }
+    total
+}
+
+/// Answer length: 80–479 tokens, fixed per prompt text (FNV-1a), cut at `num_predict`.
+fn answer_tokens(text: &str, num_predict: Option<u64>) -> u64 {
+    let mut hash: u64 = 0xcbf29ce484222325;
+    for b in text.bytes() {
+        hash ^= b as u64;
+        hash = hash.wrapping_mul(0x100000001b3);
+    }
+    let tokens = 80 + hash % 400;
+    num_predict.map_or(tokens, |n| tokens.min(n.max(1)))
+}
+
+/// Runs a request through the simulator when it is on; `Ok(None)` when it is off.
+fn simulate_request(
+    state: &AppState,
+    index: usize,
+    body: &Value,
+    preload: bool,
+) -> Result<Option<SimOutcome>, String> {
+    state.with(|s| {
+        let Some(sim) = &mut s.sim else {
+            return Ok(None);
+        };
+        let model = body["model"].as_str().unwrap_or("");
+        let text = text_of(body);
+        // ~4 characters per token, as a tokenizer averages on English and code.
+        let prompt_tokens = (text.chars().count() as u64).div_ceil(4).max(1);
+        let keep_alive = keep_alive_seconds(
+            body.get("keep_alive").unwrap_or(&Value::Null),
+            sim.config.default_keep_alive_s,
+        );
+        let outcome = sim.schedule(
+            model,
+            prompt_tokens,
+            answer_tokens(&text, body["options"]["num_predict"].as_u64()),
+            keep_alive,
+            preload,
+        )?;
+        s.requests[index].sim = Some(outcome.clone());
+        Ok(Some(outcome))
+    })
+}
+
+/// The final chunk with the simulator's timings (virtual nanoseconds), as Ollama reports them.
+fn simulated_final_chunk(dialect: Dialect, model: &str, sim: &SimOutcome) -> String {
+    if dialect == Dialect::Openai {
+        return final_chunks(dialect, model, sim.answer_tokens as usize, false, 0);
+    }
+    let ns = |s: f64| (s.max(0.0) * 1e9) as u64;
+    let prompt_eval_s = sim.prompt_eval_s;
+    let mut done = json!({"model": model, "done": true, "done_reason": "stop",
+        "total_duration": ns(sim.done_s - sim.arrival_s), "load_duration": ns(sim.load_s),
+        "prompt_eval_count": sim.prompt_tokens, "prompt_eval_duration": ns(prompt_eval_s),
+        "eval_count": sim.answer_tokens, "eval_duration": ns(sim.done_s - sim.first_token_s)});
+    if dialect == Dialect::OllamaChat {
+        done["message"] = json!({"role": "assistant", "content": ""});
+    } else {
+        done["response"] = json!("");
+    }
+    format!("{done}\n")
 }
