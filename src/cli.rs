@@ -317,6 +317,8 @@ impl GpuArgs {
                 wanted_s_ago: Some(0.0),
                 keep_alive_s: None,
                 evicted_s_ago: None,
+                working: false,
+                busy_for_s: None,
             })
             .collect()
     }

@@ -175,7 +175,9 @@ impl Default for LatencyConfig {
     fn default() -> Self {
         LatencyConfig {
             enabled: true,
-            budget_s: 60.0,
+            // An answer that has not started after half a minute breaks the flow; a code
+            // action is waited for with the cursor.
+            budget_s: 30.0,
             interactive_budget_s: 10.0,
             // ~1.3 GB/s: the seed report's cold loads (18 GB in ~15 s, 42 GB in ~30 s).
             load_mb_per_s: 1300.0,
@@ -952,12 +954,12 @@ mod tests {
     #[test]
     fn latency_settings_and_keep_alive_durations() {
         let c = from_toml(
-            "[latency]\nbudget_s = 30\nprewarm = false\n[tiers.fast]\ncascade = \"run\"\ncascade_below = 0.4\n[vram]\ntotal_mb = 49152",
+            "[latency]\nbudget_s = 45\nprewarm = false\n[tiers.fast]\ncascade = \"run\"\ncascade_below = 0.4\n[vram]\ntotal_mb = 49152",
             "t",
             None,
         )
         .expect("valid");
-        assert_eq!(c.latency.budget_s, 30.0);
+        assert_eq!(c.latency.budget_s, 45.0);
         assert!(!c.latency.prewarm);
         assert_eq!(c.latency.interactive_budget_s, 10.0);
         assert_eq!(c.tier(Tier::Fast).cascade, CascadeMode::Run);

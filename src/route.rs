@@ -347,9 +347,12 @@ pub const PING_PONG_S: f64 = 60.0;
 /// How long a model that was used stays likely to be needed again: the reload an eviction
 /// causes counts fully right after use and not at all after this long idle.
 pub const REUSE_WINDOW_S: f64 = 900.0;
-/// Credit for a tier more capable than the request needs: it answers well, but slower and
-/// holding more VRAM than the right tier would.
-const OVER_CAPABLE_CREDIT: f32 = 0.5;
+/// How well a tier answers a request whose right tier is another, by capability: a bigger
+/// model answers a smaller tier's request well but slower and holding VRAM the right model
+/// needs (a quarter); the coder model answers a heavy question half as well as the heavy one,
+/// the 3B model hardly answers a coder or heavy request (a tenth). Rows: chosen tier; columns:
+/// right tier (fast, coder, heavy).
+const CREDIT: [[f32; 3]; 3] = [[1.0, 0.1, 0.1], [0.25, 1.0, 0.5], [0.25, 0.25, 1.0]];
 /// Ollama's keep_alive when a request sets none.
 const OLLAMA_DEFAULT_KEEP_ALIVE_S: f64 = 300.0;
 
@@ -357,7 +360,7 @@ const OLLAMA_DEFAULT_KEEP_ALIVE_S: f64 = 300.0;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ModelTiming {
     pub model: String,
-    /// Median of its observed cold loads, in seconds.
+    /// The 90th percentile of its observed cold loads, in seconds.
     pub load_s: Option<f64>,
     pub prompt_tokens_per_s: Option<f64>,
     /// Median first-token time beyond load and prompt evaluation, in seconds.
@@ -379,6 +382,11 @@ pub struct Residency {
     pub wanted_s_ago: Option<f64>,
     /// Seconds since it was seen leaving VRAM before its keep_alive ran out.
     pub evicted_s_ago: Option<f64>,
+    /// Part of the user's working set (wanted several times lately): its reload after an
+    /// eviction is expected for sure.
+    pub working: bool,
+    /// Seconds until it finishes what it is answering, where known: a request to it queues.
+    pub busy_for_s: Option<f64>,
     /// The keep_alive triage last sent for it, in seconds (`f64::INFINITY` for ever).
     pub keep_alive_s: Option<f64>,
 }
@@ -419,6 +427,8 @@ pub struct Expected {
     pub tier: Tier,
     pub loaded: bool,
     pub load_s: f64,
+    /// Waiting for the model to finish another answer (it answers one at a time).
+    pub queue_s: f64,
     pub prompt_s: f64,
     pub overhead_s: f64,
     /// Models that loading it would unload, in the order Ollama picks them (idle ones, the
@@ -439,7 +449,7 @@ pub struct Expected {
 impl Expected {
     /// Seconds until the first token.
     pub fn first_token_s(&self) -> f64 {
-        self.load_s + self.prompt_s + self.overhead_s
+        self.load_s + self.queue_s + self.prompt_s + self.overhead_s
     }
 
     /// The wait to the first token plus the reloads its evictions will cost later.
@@ -487,6 +497,7 @@ pub fn expect(
         tier,
         loaded: false,
         load_s: 0.0,
+        queue_s: 0.0,
         prompt_s: tokens / speed,
         overhead_s: timing
             .and_then(|t| t.overhead_s)
@@ -501,6 +512,11 @@ pub fn expect(
     if let Some(loaded) = snapshot.loaded(&t.model) {
         e.loaded = true;
         e.offloaded = loaded.offloaded();
+        e.queue_s = latency
+            .residency(&t.model)
+            .filter(|r| r.in_use)
+            .and_then(|r| r.busy_for_s)
+            .unwrap_or(0.0);
         return e;
     }
     e.load_s = latency.load_s(&t.model, t.vram_mb);
@@ -540,9 +556,13 @@ pub fn expect(
         free = free.saturating_add(victim.vram_mb);
         // Answering for another tier (a loaded heavy model taking coder tasks) does not make a
         // model likely to be needed: only requests that wanted its tier do.
-        let reuse = residency
-            .and_then(|r| r.wanted_s_ago)
-            .map_or(0.0, |ago| (1.0 - ago / REUSE_WINDOW_S).clamp(0.0, 1.0));
+        let reuse = match residency {
+            Some(r) if r.working => 1.0,
+            Some(r) => r
+                .wanted_s_ago
+                .map_or(0.0, |ago| (1.0 - ago / REUSE_WINDOW_S).clamp(0.0, 1.0)),
+            None => 0.0,
+        };
         e.eviction_cost_s +=
             reuse * latency.load_s(&victim.name, victim.vram_mb.max(victim.size_mb));
         if residency
@@ -563,16 +583,13 @@ pub fn expect(
     e
 }
 
-/// How well `tier` is expected to answer: the probability that it is the right tier, plus half
-/// credit for the probability that a smaller tier would have been enough (it answers those
-/// well too, only slower).
+/// How well `tier` is expected to answer: the analysis's probability of each right tier
+/// times the credit `tier` earns for it ([`CREDIT`]).
 fn quality(analysis: &Analysis, tier: Tier) -> f32 {
-    let below: f32 = Tier::ALL
+    Tier::ALL
         .into_iter()
-        .filter(|t| *t < tier)
-        .map(|t| analysis.scores.get(t))
-        .sum();
-    analysis.scores.get(tier) + OVER_CAPABLE_CREDIT * below
+        .map(|right| analysis.scores.get(right) * CREDIT[tier.index()][right.index()])
+        .sum()
 }
 
 /// The latency rule. For every enabled tier: the expected wait `w` to its first token (load if
@@ -1101,6 +1118,8 @@ mod tests {
             wanted_s_ago: Some(idle_s),
             keep_alive_s: None,
             evicted_s_ago: None,
+            working: false,
+            busy_for_s: None,
         }
     }
 

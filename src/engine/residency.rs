@@ -264,6 +264,16 @@ impl Tracker {
                     wanted_s_ago: m.last_wanted.map(|t| now.saturating_sub(t).as_secs_f64()),
                     keep_alive_s: m.keep_alive_s,
                     evicted_s_ago: m.evicted_at.map(|t| now.saturating_sub(t).as_secs_f64()),
+                    working: m
+                        .uses
+                        .iter()
+                        .filter(|t| now.saturating_sub(**t).as_secs_f64() <= WORKING_WINDOW_S)
+                        .count()
+                        >= WORKING_USES,
+                    busy_for_s: m
+                        .busy_until
+                        .filter(|t| *t > now)
+                        .map(|t| (t - now).as_secs_f64()),
                 }
             })
             .collect()

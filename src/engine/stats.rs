@@ -28,7 +28,7 @@ pub struct ModelStats {
     pub tokens_per_s: Option<f64>,
     /// The longest cold load seen (Ollama `load_duration`), in ms.
     pub load_ms: Option<u64>,
-    /// Recent cold loads, in ms: their median is the load the router expects.
+    /// Recent cold loads, in ms: their 90th percentile is the load the router expects.
     #[serde(default)]
     pub loads_ms: VecDeque<u64>,
     /// Prompt evaluation speed (Ollama `prompt_eval_count` / `prompt_eval_duration`), smoothed.
@@ -199,8 +199,10 @@ impl Stats {
         let s = models.get(model);
         crate::route::ModelTiming {
             model: model.to_string(),
+            // The 90th percentile: a request that found the model already loading reports only
+            // the rest of that load, which must not make loads look quick.
             load_s: s
-                .and_then(|s| median(&s.loads_ms).or(s.load_ms))
+                .and_then(|s| high(&s.loads_ms).or(s.load_ms))
                 .map(|ms| ms as f64 / 1000.0),
             prompt_tokens_per_s: s.and_then(|s| s.prompt_tokens_per_s),
             overhead_s: s
@@ -222,6 +224,12 @@ fn push_bounded(values: &mut VecDeque<u64>, value: u64, window: usize) {
     while values.len() > window {
         values.pop_front();
     }
+}
+
+fn high(values: &VecDeque<u64>) -> Option<u64> {
+    let mut sorted: Vec<u64> = values.iter().copied().collect();
+    sorted.sort_unstable();
+    percentile(&sorted, 90)
 }
 
 fn median(values: &VecDeque<u64>) -> Option<u64> {

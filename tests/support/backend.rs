@@ -190,18 +190,23 @@ impl TestBackend {
         self.state.with(|s| {
             if let Some(sim) = &mut s.sim {
                 sim.now_s = sim.now_s.max(now_s);
+                sim.expire(sim.now_s);
             }
         });
     }
 
     /// The simulated GPU: (total MB, free MB) now.
     pub fn gpu(&self) -> Option<(u64, u64)> {
-        self.state
-            .with(|s| s.sim.as_ref().map(|sim| (sim.config.total_mb, sim.free_mb())))
+        self.state.with(|s| {
+            s.sim
+                .as_ref()
+                .map(|sim| (sim.config.total_mb, sim.free_mb()))
+        })
     }
 
     pub fn sim_counts(&self) -> Option<SimCounts> {
-        self.state.with(|s| s.sim.as_ref().map(|sim| sim.counts.clone()))
+        self.state
+            .with(|s| s.sim.as_ref().map(|sim| sim.counts.clone()))
     }
 
     /// Waits (bounded) until `pred` holds for the recorded requests.
@@ -294,6 +299,7 @@ async fn control_clock(State(state): State<AppState>, Json(cmd): Json<ClockComma
     state.with(|s| {
         if let Some(sim) = &mut s.sim {
             sim.now_s = sim.now_s.max(cmd.now_s);
+            sim.expire(sim.now_s);
         }
     });
     StatusCode::NO_CONTENT
@@ -527,7 +533,10 @@ async fn answer(
     let simulated = match simulate_request(&state, index, &body, preload) {
         Ok(outcome) => outcome,
         Err(message) => {
-            return (StatusCode::INTERNAL_SERVER_ERROR, Json(error_body(dialect, &message)))
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(error_body(dialect, &message)),
+            )
                 .into_response()
         }
     };
@@ -624,8 +633,7 @@ async fn answer(
             Some(sim) => simulated_final_chunk(dialect, &model, sim),
             None => final_chunks(dialect, &model, limit, fault == Fault::Length, load_ms),
         };
-        if send(last).await
-        {
+        if send(last).await {
             task_state.with(|x| x.requests[index].completed = true);
         } else {
             closed(&task_state);
@@ -877,11 +885,7 @@ impl Sim {
             let start = t.max(self.loader_free_s);
             let ready = start + spec.size_mb as f64 / self.config.load_mb_per_s;
             self.loader_free_s = ready;
-            if self
-                .evicted_at
-                .get(model)
-                .is_some_and(|e| start - e < 60.0)
-            {
+            if self.evicted_at.get(model).is_some_and(|e| start - e < 60.0) {
                 self.counts.ping_pongs += 1;
             }
             self.counts.loads += 1;
@@ -903,8 +907,7 @@ impl Sim {
             (r.ready_s.max(arrival), r.ready_s.max(arrival))
         } else {
             let start = arrival.max(r.ready_s).max(r.busy_until_s);
-            let first =
-                start + prompt_tokens as f64 / spec.prompt_tokens_per_s + spec.overhead_s;
+            let first = start + prompt_tokens as f64 / spec.prompt_tokens_per_s + spec.overhead_s;
             let done = first + answer_tokens as f64 / spec.tokens_per_s;
             r.busy_until_s = done;
             (first, done)
