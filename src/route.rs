@@ -353,6 +353,10 @@ pub const REUSE_WINDOW_S: f64 = 900.0;
 /// the 3B model hardly answers a coder or heavy request (a tenth). Rows: chosen tier; columns:
 /// right tier (fast, coder, heavy).
 const CREDIT: [[f32; 3]; 3] = [[1.0, 0.1, 0.1], [0.25, 1.0, 0.5], [0.25, 0.25, 1.0]];
+/// What a wait as long as the whole budget costs, in units of expected quality: half, so a
+/// design question waits the 15 s a coder load takes under a 30 s budget rather than go to the
+/// 3B model, while a load that blows the budget is out anyway.
+const WAIT_WEIGHT: f64 = 0.5;
 /// Ollama's keep_alive when a request sets none.
 const OLLAMA_DEFAULT_KEEP_ALIVE_S: f64 = 300.0;
 
@@ -596,9 +600,9 @@ fn quality(analysis: &Analysis, tier: Tier) -> f32 {
 /// not loaded, prompt ÷ prompt speed, overhead) plus the weighted reloads of what it would evict,
 /// and its quality `q` (see [`quality`]). Tiers that would evict a model in use, or one used in
 /// the last minute (ping-pong), or that run partly on the CPU, are out; of the rest, those
-/// within the budget `B` if any. The choice maximises `q − w / B`: a slower tier is accepted
+/// within the budget `B` if any. The choice maximises `q − ½·w / B`: a slower tier is accepted
 /// only when its quality margin over a quicker one outweighs the extra wait as a share of the
-/// budget — with a 60 s budget, 0.1 of probability buys 6 s.
+/// budget — with a 30 s budget, 0.1 of expected quality buys 6 s.
 fn choose_by_latency(
     config: &Config,
     snapshot: &Snapshot,
@@ -666,7 +670,7 @@ fn choose_by_latency(
     } else {
         within
     };
-    let value = |e: &Expected| quality(analysis, e.tier) as f64 - e.cost_s() / budget;
+    let value = |e: &Expected| quality(analysis, e.tier) as f64 - WAIT_WEIGHT * e.cost_s() / budget;
     let chosen = pool
         .iter()
         .copied()
@@ -701,8 +705,20 @@ fn choose_by_latency(
         match find(preferred) {
             Some(p) if !p.eligible() => {
                 reasons.push(format!("moved from {preferred} to {chosen}"));
+                let why = if p.never_fits {
+                    "does not fit into VRAM".to_string()
+                } else if !p.blocked_by.is_empty() {
+                    format!(
+                        "would have to evict {}, which is answering",
+                        names(config, &p.blocked_by)
+                    )
+                } else if p.offloaded {
+                    "runs partly on the CPU".to_string()
+                } else {
+                    "would cause reload ping-pong".to_string()
+                };
                 *warning = Some(format!(
-                    "answered by the {chosen} model ({}) because the {preferred} model ({}) cannot load now",
+                    "answered by the {chosen} model ({}) because the {preferred} model ({}) {why}",
                     config.tier(chosen).model,
                     config.tier(preferred).model
                 ));

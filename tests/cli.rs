@@ -64,9 +64,12 @@ fn route_reads_the_prompt_and_selection() {
 #[test]
 fn vram_flags_move_a_request_that_does_not_fit() {
     let prompt = "design a multi-region active-active architecture for our payments ledger, with the trade-offs";
+    // Nothing is loaded: heavy must load (~32 s), which a 120 s budget allows.
     let free = run(&[
         "route",
         "--json",
+        "--budget-s",
+        "120",
         "--vram-total-mb",
         "81920",
         "--vram-free-mb",
@@ -329,5 +332,100 @@ fn shipped_model_matches_the_training_data() {
         model.data_fingerprint,
         triage::cli::training_fingerprint(&contents),
         "router.bin is stale: run `cargo run --release -- train` and rebuild"
+    );
+}
+
+/// A 48 GB card with the fast and coder models loaded (default sizes: 2 500 + 18 000 MB).
+const CARD: [&str; 6] = [
+    "--vram-total-mb",
+    "49152",
+    "--vram-free-mb",
+    "28652",
+    "--loaded",
+    "llama3.2:3b,qwen3-coder:30b",
+];
+const DESIGN: &str =
+    "design a multi-region active-active architecture for our payments ledger, with the trade-offs";
+
+fn route_on_card(extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["route", "--json"];
+    args.extend(CARD);
+    args.extend(extra);
+    args.push(DESIGN);
+    let o = run(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    json(&o)
+}
+
+fn reasons(v: &serde_json::Value) -> String {
+    v["reasons"].to_string()
+}
+
+#[test]
+fn route_weighs_a_cold_load_against_the_budget() {
+    // The default 30 s budget cannot hold the heavy model's ~32 s load.
+    let v = route_on_card(&[]);
+    assert_eq!(v["tier"], "coder", "{v}");
+    assert!(
+        reasons(&v).contains(
+            "heavy would load for ~32 s and evict coder, over the 30 s budget; coder is loaded and fits the task"
+        ),
+        "{v}"
+    );
+    let heavy_wait = v["expected_wait_s"]["heavy"]
+        .as_f64()
+        .expect("expected wait");
+    assert!((30.0..35.0).contains(&heavy_wait), "{v}");
+    assert_eq!(
+        v["expected_wait_s"]["coder"].as_f64().map(|w| w < 1.0),
+        Some(true)
+    );
+    // Two minutes allowed: the quality margin is worth the load.
+    let v = route_on_card(&["--budget-s", "120"]);
+    assert_eq!(v["tier"], "heavy", "{v}");
+    assert!(reasons(&v).contains("heavy is worth loading"), "{v}");
+}
+
+#[test]
+fn route_never_evicts_a_model_that_is_answering() {
+    let v = route_on_card(&["--budget-s", "3600", "--in-use", "qwen3-coder:30b"]);
+    assert_ne!(v["tier"], "heavy", "{v}");
+    assert!(
+        reasons(&v).contains("would have to evict coder, which is answering: never done"),
+        "{v}"
+    );
+    // Forced, heavy is obeyed, with a warning that it waits for the coder model.
+    let v = route_on_card(&["--tier", "heavy", "--in-use", "qwen3-coder:30b"]);
+    assert_eq!(v["tier"], "heavy");
+    assert!(
+        v["warning"]
+            .as_str()
+            .is_some_and(|w| w.contains("must wait for qwen3-coder:30b")),
+        "{v}"
+    );
+}
+
+#[test]
+fn latency_flags_are_checked() {
+    let mut args = vec!["route"];
+    args.extend(CARD);
+    args.extend(["--in-use", "mistral:7b", "hi"]);
+    let o = run(&args);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--in-use mistral:7b"), "{}", stderr(&o));
+    let o = run(&["route", "--budget-s", "0", "hi"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--budget-s"), "{}", stderr(&o));
+    let o = run(&["ask", "--cascade", "sometimes", "hi"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("cascade"), "{}", stderr(&o));
+    // Without a GPU reading nothing is known about loads: the analysis decides alone.
+    let o = run(&["route", "--json", DESIGN]);
+    let v = json(&o);
+    assert_eq!(v["tier"], "heavy");
+    assert!(
+        v.get("expected_wait_s")
+            .is_some_and(|e| e.as_object().is_some_and(|m| m.is_empty())),
+        "{v}"
     );
 }

@@ -5,6 +5,8 @@ mod support;
 
 use std::time::Duration;
 
+use serde_json::json;
+
 use support::backend::{Fault, TestBackend};
 use triage::analyze::Analyzer;
 use triage::backend::{Client, Event, FimRequest, Target};
@@ -151,4 +153,178 @@ async fn a_learned_cold_load_extends_the_first_token_timeout() {
     let answer = second.expect("the learned load time is used");
     assert_eq!(answer.timings.load_ms, Some(1200.0));
     assert!(answer.timings.first_token_ms.is_some_and(|t| t >= 1200.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_grows_for_the_model_the_user_works_with() {
+    let backend = TestBackend::start();
+    let engine = engine(config_for(&backend, ""));
+    let mut ignore = |_: Progress<'_>| {};
+    let coder_task = "write a python function that parses ISO dates";
+    for _ in 0..3 {
+        engine
+            .run(
+                &request(coder_task, Tier::Coder),
+                &Snapshot::no_gpu(),
+                &mut ignore,
+            )
+            .await
+            .expect("answer");
+    }
+    let sent: Vec<serde_json::Value> = backend
+        .requests()
+        .iter()
+        .map(|r| r.keep_alive.clone())
+        .collect();
+    // The tier's 30 minutes twice, then the working set's 2 hours.
+    assert_eq!(sent, [json!("30m"), json!("30m"), json!("2h")]);
+    // With the latency rule off, the tier's keep_alive is sent as configured.
+    let plain = engine_with(&backend, "[latency]\nenabled = false\n");
+    for _ in 0..3 {
+        plain
+            .run(
+                &request(coder_task, Tier::Coder),
+                &Snapshot::no_gpu(),
+                &mut ignore,
+            )
+            .await
+            .expect("answer");
+    }
+    assert_eq!(backend.requests()[5].keep_alive, json!("30m"));
+}
+
+fn engine_with(backend: &TestBackend, extra: &str) -> Engine {
+    engine(config_for(backend, extra))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_low_confidence_answer_offers_or_runs_the_next_tier() {
+    let backend = TestBackend::start();
+    // Every fast answer counts as low confidence here.
+    let offer = engine_with(
+        &backend,
+        "[tiers.fast]\ncascade = \"offer\"\ncascade_below = 1.0\n",
+    );
+    let mut ignore = |_: Progress<'_>| {};
+    let hi = Request {
+        prompt: "hi".to_string(),
+        ..Request::default()
+    };
+    let answer = offer
+        .run(&hi, &Snapshot::no_gpu(), &mut ignore)
+        .await
+        .expect("answer");
+    assert_eq!(answer.tier, Tier::Fast);
+    let cascade = answer.cascade.as_ref().expect("offered");
+    assert_eq!(
+        (cascade.tier, cascade.second_answer_at),
+        (Tier::Coder, None)
+    );
+    assert!(
+        answer.reasons.iter().any(|r| r.contains("is offered")),
+        "{:?}",
+        answer.reasons
+    );
+    assert_eq!(backend.requests().len(), 1, "offering asks nothing more");
+
+    let run = engine_with(
+        &backend,
+        "[tiers.fast]\ncascade = \"run\"\ncascade_below = 1.0\n",
+    );
+    let mut deltas = String::new();
+    let mut collect = |p: Progress<'_>| {
+        if let Progress::Delta(d) = p {
+            deltas.push_str(d);
+        }
+    };
+    let answer = run
+        .run(&hi, &Snapshot::no_gpu(), &mut collect)
+        .await
+        .expect("answer");
+    assert_eq!(
+        (answer.tier, answer.model.as_str()),
+        (Tier::Coder, "qwen3-coder:30b")
+    );
+    let at = answer
+        .cascade
+        .as_ref()
+        .and_then(|c| c.second_answer_at)
+        .expect("ran");
+    assert!(
+        answer.text.starts_with("Hello from llama3.2:3b"),
+        "{}",
+        answer.text
+    );
+    assert!(
+        answer.text[at..].starts_with("Hello from qwen3-coder:30b"),
+        "{}",
+        answer.text
+    );
+    assert_eq!(deltas, answer.text, "what streamed is the whole answer");
+    // A request may turn the cascade off, and a forced tier never cascades.
+    let off = Request {
+        cascade: Some(triage::config::CascadeMode::Off),
+        ..hi.clone()
+    };
+    let answer = run
+        .run(&off, &Snapshot::no_gpu(), &mut ignore)
+        .await
+        .expect("answer");
+    assert!(answer.cascade.is_none());
+    let answer = run
+        .run(&request("hi", Tier::Fast), &Snapshot::no_gpu(), &mut ignore)
+        .await
+        .expect("answer");
+    assert!(answer.cascade.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prewarm_needs_a_gpu_reading_and_skips_a_loaded_model() {
+    let backend = TestBackend::start();
+    let engine = engine(config_for(&backend, ""));
+    let chat = triage::engine::Intent::default();
+    let outcome = engine.prewarm(&chat, &Snapshot::no_gpu()).await;
+    assert!(
+        matches!(&outcome, triage::engine::Prewarm::Skipped { reason } if reason.contains("no GPU reading")),
+        "{outcome:?}"
+    );
+    let snapshot = Snapshot {
+        gpu: Some(triage::vram::GpuMemory {
+            total_mb: 49_152,
+            free_mb: 31_152,
+        }),
+        loaded: vec![triage::vram::LoadedModel {
+            name: "qwen3-coder:30b".into(),
+            size_mb: 18_000,
+            vram_mb: 18_000,
+            ..Default::default()
+        }],
+        ..Snapshot::default()
+    };
+    let outcome = engine.prewarm(&chat, &snapshot).await;
+    assert!(
+        matches!(&outcome, triage::engine::Prewarm::Skipped { reason } if reason.contains("already loaded")),
+        "{outcome:?}"
+    );
+    assert!(backend.requests().is_empty());
+    // Not loaded and it fits: loaded by an empty request with a short keep_alive.
+    let outcome = engine
+        .prewarm(
+            &chat,
+            &Snapshot {
+                loaded: vec![],
+                ..snapshot
+            },
+        )
+        .await;
+    assert_eq!(
+        outcome,
+        triage::engine::Prewarm::Loaded {
+            tier: Tier::Coder,
+            model: "qwen3-coder:30b".into()
+        }
+    );
+    let r = &backend.requests()[0];
+    assert!(r.preload && r.completed);
+    assert_eq!(r.keep_alive, json!("5m"));
 }

@@ -730,6 +730,8 @@ pub enum Prewarm {
 
 /// A selection shorter than this is no reason to pre-warm: the request will be quick anyway.
 pub const PREWARM_MIN_SELECTION_CHARS: usize = 200;
+/// The budget a pre-warm routes the selection with, in seconds.
+const PREWARM_HORIZON_S: f64 = 600.0;
 
 impl Engine {
     /// The keep_alive for one attempt: chosen by residency and recorded there, or the tier's
@@ -874,10 +876,13 @@ impl Engine {
         };
         let (tier, analysis) = match selection {
             Some(text) => {
+                // Ahead of the request a load is what pre-warming hides: the likely model is
+                // the one the request would want if it had time for a load.
                 let request = Request {
                     selection: Some(text.to_string()),
                     language_id: intent.language_id.clone(),
                     urgency,
+                    budget_s: Some(PREWARM_HORIZON_S),
                     ..Request::default()
                 };
                 match self.decide(&request, snapshot) {
