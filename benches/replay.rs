@@ -338,15 +338,19 @@ enum Policy {
     /// Triage with chats allowed 120 s (code actions keep the interactive budget): what a
     /// user who accepts cold loads gets. Not one of the compared policies; shows the trade.
     TriagePatient,
+    /// Always coder with triage's coder keep_alive (30 min) instead of Ollama's default: how
+    /// much of the static policies' waits is only their keep_alive. Not a compared policy.
+    AlwaysCoderKept,
 }
 
 impl Policy {
-    const ALL: [Policy; 5] = [
+    const ALL: [Policy; 6] = [
         Policy::Triage,
         Policy::NoLatency,
         Policy::AlwaysCoder,
         Policy::SeedKeywords,
         Policy::TriagePatient,
+        Policy::AlwaysCoderKept,
     ];
 
     fn name(self) -> &'static str {
@@ -356,6 +360,7 @@ impl Policy {
             Policy::AlwaysCoder => "always coder",
             Policy::SeedKeywords => "seed keyword router",
             Policy::TriagePatient => "(triage, chats with budget_s 120)",
+            Policy::AlwaysCoderKept => "(always coder, keep_alive 30m)",
         }
     }
 
@@ -363,7 +368,9 @@ impl Policy {
         let sizes = "[tiers.fast]\nvram_mb = 3000\n[tiers.coder]\nvram_mb = 20000\n[tiers.heavy]\nvram_mb = 44000\n";
         let extra = match self {
             Policy::Triage | Policy::TriagePatient => String::new(),
-            Policy::NoLatency => "[latency]\nenabled = false\n".to_string(),
+            Policy::NoLatency | Policy::AlwaysCoderKept => {
+                "[latency]\nenabled = false\n".to_string()
+            }
             // A plain client sends no keep_alive: Ollama's 5 minutes apply.
             Policy::AlwaysCoder | Policy::SeedKeywords => {
                 "[latency]\nenabled = false\n".to_string()
@@ -382,7 +389,7 @@ impl Policy {
     fn force(self, e: &Event) -> Force {
         let tier = match self {
             Policy::Triage | Policy::NoLatency | Policy::TriagePatient => None,
-            Policy::AlwaysCoder => Some(Tier::Coder),
+            Policy::AlwaysCoder | Policy::AlwaysCoderKept => Some(Tier::Coder),
             Policy::SeedKeywords => Some(seed_router(&e.prompt, e.selection.as_deref())),
         };
         Force { tier, model: None }

@@ -237,6 +237,11 @@ fn route_inner(
     let moved = tier != order[0] && forced_tier.is_none();
     let mut confidence = analysis.scores.get(tier);
     if moved {
+        if latency.is_some() {
+            // Chosen for time: how well it is expected to answer, not whether it is the
+            // right tier (the coder model answers a heavy question half as well).
+            confidence = quality(analysis, tier);
+        }
         // The analysis preferred another tier; the answer may be weaker than it could be.
         confidence = confidence.min(0.5);
     }
@@ -739,7 +744,7 @@ fn choose_by_latency(
             )),
         }
     } else if let Some(c) = find(chosen).filter(|c| !c.loaded) {
-        if let Some(quick) = eligible_quicker(&all, c) {
+        if let Some(quick) = eligible_quicker(&all, c, analysis) {
             reasons.push(format!(
                 "{chosen} is worth loading (~{}{}): its quality margin over {} outweighs the wait",
                 seconds(c.load_s),
@@ -751,10 +756,15 @@ fn choose_by_latency(
     (chosen, all)
 }
 
-fn eligible_quicker<'a>(all: &'a [Expected], than: &Expected) -> Option<&'a Expected> {
+/// The best of the quicker alternatives to `than`, for the reasons.
+fn eligible_quicker<'a>(
+    all: &'a [Expected],
+    than: &Expected,
+    analysis: &Analysis,
+) -> Option<&'a Expected> {
     all.iter()
         .filter(|e| e.eligible() && e.cost_s() < than.cost_s())
-        .min_by(|a, b| a.cost_s().total_cmp(&b.cost_s()))
+        .max_by(|a, b| quality(analysis, a.tier).total_cmp(&quality(analysis, b.tier)))
 }
 
 /// Tier names for the models (the model's name when it is no tier's).
