@@ -13,7 +13,8 @@
 //! evictions, reload ping-pong and routing accuracy against the labels.
 //!
 //! Run: `cargo bench --bench replay` (or `cargo test --bench replay` without a release build:
-//! the clock is virtual, so the figures are the same). `cargo bench --bench replay -- generate
+//! the clock is virtual, so the figures are the same). It exits 1 when triage misses the
+//! issue's targets on a shipped trace (CI runs it). `cargo bench --bench replay -- generate
 //! SEED NAME` writes a new trace to `data/traces/NAME.jsonl`.
 
 #[path = "../tests/support/backend.rs"]
@@ -660,6 +661,7 @@ fn main() {
         .build()
         .expect("runtime");
     let mut all = Vec::new();
+    let mut missed = Vec::new();
     for path in TRACES {
         let trace = read_trace(path);
         let reports: Vec<Report> = Policy::ALL
@@ -667,9 +669,55 @@ fn main() {
             .map(|p| runtime.block_on(replay(*p, &trace)))
             .collect();
         print!("{}", table(path, &trace, &reports));
+        missed.extend(check(path, &reports));
         all.push(json!({"trace": path, "reports": reports}));
     }
     if args.iter().any(|a| a == "--json") {
         println!("{}", serde_json::to_string_pretty(&all).expect("json"));
     }
+    if !missed.is_empty() {
+        eprintln!("targets missed:\n{}", missed.join("\n"));
+        std::process::exit(1);
+    }
+}
+
+/// The targets: against the best static policy at equal or lower accuracy, at least
+/// 30% less total wait; fewer loads than every other compared policy; no ping-pong.
+fn check(path: &str, reports: &[Report]) -> Vec<String> {
+    let triage = &reports[0];
+    let mut missed = Vec::new();
+    let statics = &reports[2..4];
+    if statics.iter().any(|r| r.accuracy > triage.accuracy) {
+        let best = statics
+            .iter()
+            .filter(|r| r.accuracy > triage.accuracy)
+            .map(|r| r.policy.as_str())
+            .collect::<Vec<_>>();
+        missed.push(format!(
+            "{path}: {best:?} route more accurately than triage"
+        ));
+    }
+    let best_wait = statics
+        .iter()
+        .map(|r| r.total_wait_s)
+        .fold(f64::INFINITY, f64::min);
+    if triage.total_wait_s > 0.7 * best_wait {
+        missed.push(format!(
+            "{path}: triage waits {:.0} s, not 30% under the best static policy's {best_wait:.0} s",
+            triage.total_wait_s
+        ));
+    }
+    if reports[1..4].iter().any(|r| r.loads <= triage.loads) {
+        missed.push(format!(
+            "{path}: triage loads {} times, not fewer than every other policy",
+            triage.loads
+        ));
+    }
+    if triage.ping_pongs > 0 {
+        missed.push(format!(
+            "{path}: triage ping-pongs {} times",
+            triage.ping_pongs
+        ));
+    }
+    missed
 }

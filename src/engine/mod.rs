@@ -850,8 +850,9 @@ impl Engine {
         }
     }
 
-    /// Pre-warms the model an intent is likely to need: the route of the selection when there
-    /// is one, else the tier of the last typed request (the coder by default). It loads only
+    /// Pre-warms the model an intent is likely to need: the route of the selection for a
+    /// selection or code-action intent (none under `PREWARM_MIN_SELECTION_CHARS`), the tier of
+    /// the last typed request for a chat (the coder by default). It loads only
     /// when that model is not loaded, fits by evicting nothing in use or used in the last
     /// `REUSE_WINDOW_S`, and its endpoint is Ollama (an empty request with keep_alive).
     /// Dropping the future cancels the request.
@@ -890,7 +891,7 @@ impl Engine {
                     Err(e) => return skipped(format!("the selection cannot be routed: {e}")),
                 }
             }
-            None if intent.kind == IntentKind::Selection => {
+            None if intent.kind != IntentKind::Chat => {
                 return skipped("the selection is small: no need to pre-warm".to_string())
             }
             None => {

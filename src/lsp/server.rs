@@ -1093,12 +1093,18 @@ impl LanguageServer for Server {
         if text.trim().is_empty() {
             return Ok(None);
         }
-        // The menu opening is the intent to run one of these actions.
-        self.start_prewarm(engine::Intent {
-            kind: engine::IntentKind::CodeAction,
-            selection: Some(text.clone()),
-            language_id: Some(language.clone()),
-        });
+        // The menu opening is the intent to run one of these actions. Editors ask for code
+        // actions on every cursor move: a pre-warm already running is left to finish.
+        let running = lock(&self.state.prewarms)
+            .get(&engine::IntentKind::CodeAction)
+            .is_some_and(|t| !t.is_finished());
+        if !running {
+            self.start_prewarm(engine::Intent {
+                kind: engine::IntentKind::CodeAction,
+                selection: Some(text.clone()),
+                language_id: Some(language.clone()),
+            });
+        }
         let is_shell = if params.range.start == params.range.end {
             let doc = lock(&self.state.docs).get(&uri).map(|d| d.text.clone());
             doc.and_then(|rope| shell::command_at(&rope, range.start.line as usize, &language))
