@@ -866,6 +866,7 @@ fn ask_command(config: Config, args: AskArgs) -> Result<(), Failure> {
     };
     let (engine, client) = engine(config)?;
     let json = args.json;
+    let in_use = args.request.gpu.in_use.clone();
     let result = runtime()?.block_on(async {
         let snapshot = match simulated {
             Some(s) => s,
@@ -875,6 +876,11 @@ fn ask_command(config: Config, args: AskArgs) -> Result<(), Failure> {
                     .await
             }
         };
+        // `--in-use`: those models count as answering for the whole request.
+        let _answering: Vec<_> = in_use
+            .iter()
+            .map(|m| engine.residency().begin(m.trim()))
+            .collect();
         let mut stdout = std::io::stdout();
         let mut attempts = 0;
         let mut progress = |p: Progress<'_>| match p {

@@ -331,12 +331,14 @@ impl Client {
 
     /// Loads a model without generating anything (Ollama: `/api/generate` with no prompt and a
     /// `keep_alive`), for pre-warming. Returns once the server says the model is loaded; dropping
-    /// the future closes the request. OpenAI-compatible servers cannot be told to load.
+    /// the future closes the request; `timeout` bounds it. OpenAI-compatible servers cannot be
+    /// told to load.
     pub async fn preload(
         &self,
         target: Target<'_>,
         model: &str,
         keep_alive: &str,
+        timeout: Duration,
     ) -> Result<(), Error> {
         if target.endpoint.kind != EndpointKind::Ollama {
             return Err(Error::Unsupported {
@@ -346,7 +348,12 @@ impl Client {
         }
         let url = join(target, "api/generate");
         let response = self
-            .post(target, &url, &ollama::preload_body(model, keep_alive), None)
+            .post(
+                target,
+                &url,
+                &ollama::preload_body(model, keep_alive),
+                Some(timeout),
+            )
             .await?;
         let response = check_status(target, model, response).await?;
         // The answer is one small JSON object (`done_reason: "load"`); read it so the

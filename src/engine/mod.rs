@@ -955,9 +955,11 @@ impl Engine {
         let target = Target { name, endpoint };
         self.residency
             .prewarmed(&t.model, residency::PREWARM_KEEP_ALIVE);
+        // As long as a cold load may take before a first token.
+        let timeout = self.limits(t, &t.model, snapshot).first_token;
         match self
             .client
-            .preload(target, &t.model, residency::PREWARM_KEEP_ALIVE)
+            .preload(target, &t.model, residency::PREWARM_KEEP_ALIVE, timeout)
             .await
         {
             Ok(()) => {
