@@ -232,7 +232,7 @@ impl Status {
             s.push_str("models:\n");
             for m in &self.stats {
                 s.push_str(&format!(
-                    "  {} · {} requests, {} errors · first token p50 {} / p95 {} · {}{}\n",
+                    "  {} · {} requests, {} errors · first token p50 {} / p95 {} · {}{}{}\n",
                     m.model,
                     m.requests,
                     m.errors,
@@ -242,6 +242,8 @@ impl Status {
                         .map_or("-".to_string(), |v| format!("{v} ms")),
                     m.tokens_per_s
                         .map_or("-".to_string(), |v| format!("{v} tok/s")),
+                    m.prompt_tokens_per_s
+                        .map_or(String::new(), |v| format!(" · prompt {v:.0} tok/s")),
                     m.last_error
                         .as_deref()
                         .map(|e| format!(" · last error: {e}"))

@@ -402,6 +402,17 @@ impl Server {
             if let Some(w) = &answer.warning {
                 self.warn_user(w.clone()).await;
             }
+            if let Some(c) = answer
+                .cascade
+                .as_ref()
+                .filter(|c| c.mode == config::CascadeMode::Offer)
+            {
+                self.warn_user(format!(
+                    "{} answered with low confidence ({:.2}); ask again with tier {} ({}) for a stronger answer",
+                    c.from_model, c.from_confidence, c.tier, c.model
+                ))
+                .await;
+            }
             if !answer.fallbacks.is_empty() {
                 let failed: Vec<String> = answer
                     .fallbacks
