@@ -637,6 +637,10 @@ pub struct ChatParams {
     pub budget_s: Option<f64>,
     /// `off`, `offer` or `run`: the cascade after a low-confidence answer.
     pub cascade: Option<String>,
+    /// A code action's name without `triage.` (`explain`, `fix`, …): routed and prompted as
+    /// that action, but streamed like a chat and never applied as an edit. Editors use it to
+    /// stream an explanation into their own window.
+    pub action: Option<String>,
     pub partial_result_token: Option<ProgressToken>,
     pub work_done_token: Option<ProgressToken>,
 }
@@ -682,11 +686,26 @@ impl Server {
             .map(str::parse::<Tier>)
             .transpose()
             .map_err(invalid_params)?;
+        let action = p
+            .action
+            .as_deref()
+            .map(|name| {
+                COMMANDS
+                    .iter()
+                    .find(|(command, _, _)| command.strip_prefix("triage.") == Some(name))
+                    .map(|(_, _, action)| *action)
+                    .ok_or_else(|| {
+                        invalid_params(format!(
+                            "unknown action `{name}`: one of explain, explainShell, fix, refactor, docstring, tests, ask"
+                        ))
+                    })
+            })
+            .transpose()?;
         Ok(engine::Request {
             prompt: p.prompt.clone(),
             selection,
             language_id,
-            action: None,
+            action,
             force: Force {
                 tier,
                 model: p.model.clone(),
