@@ -445,6 +445,24 @@ test('selection intent: five lines selected for 300 ms, then cleared', function(
   eq(sent[2], { kind = 'selection', active = false })
 end)
 
+test('a command right after the file opened waits for the server to start', function()
+  local old = client()
+  if vim.fn.has('nvim-0.11') == 1 then old:stop() else old.stop() end
+  wait_for(function()
+    return triage._state.client_id == nil
+  end, 5000, 'the old client to stop')
+  local buf = open_file('fresh.py', { 'def fresh():', '    return 42' })
+  -- No waiting: the server is still starting when the command is sent.
+  truthy(not client().initialized, 'the new client is still initializing')
+  vim.cmd('1,2TriageExplain')
+  wait_for(function()
+    return triage._state.current == nil and answer_window():answer() ~= ''
+  end, 10000, 'the answer')
+  eq(answer_window():answer(), answer_for(CODER))
+  truthy(vim.lsp.buf_is_attached(buf, triage._state.client_id), 'attached')
+  answer_window():close()
+end)
+
 test(':checkhealth triage: binary, server start, endpoints, GPU', function()
   vim.cmd('checkhealth triage')
   local text = table.concat(vim.api.nvim_buf_get_lines(0, 0, -1, false), '\n')

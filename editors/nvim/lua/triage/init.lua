@@ -248,29 +248,51 @@ local function request(method, params, on_done, bufnr)
   local finished = false
   local handle = {}
   set_busy(1)
-  local ok, id = call(client, 'request', method, params, function(err, result)
+  local function finish(err, result)
     if finished then
       return
     end
     finished = true
     set_busy(-1)
     on_done(err, result)
-  end, bufnr)
-  if not ok then
-    finished = true
-    set_busy(-1)
-    on_done({ code = -32603, message = 'the request could not be sent' }, nil)
-    return nil
   end
-  handle.id = id
+  local function send()
+    if finished then
+      return
+    end
+    local ok, id = call(client, 'request', method, params, function(err, result)
+      finish(err, result)
+    end, bufnr)
+    if not ok then
+      finish({ code = -32603, message = 'the request could not be sent (the server has stopped)' }, nil)
+      return
+    end
+    handle.id = id
+  end
+  -- A command run right after the file opened: wait for `initialize` (the buffers' didOpen go
+  -- out with `initialized`), or the server would not know the document yet.
+  local waited = 0
+  local function when_ready()
+    if finished then
+      return
+    elseif client.initialized then
+      send()
+    elseif waited >= 10000 or call(client, 'is_stopped') then
+      finish({ code = -32002, message = 'the language server did not finish starting (see :checkhealth triage)' }, nil)
+    else
+      waited = waited + 20
+      vim.defer_fn(when_ready, 20)
+    end
+  end
+  when_ready()
   handle.cancel = function()
     if finished then
       return
     end
-    finished = true
-    call(client, 'cancel_request', id)
-    set_busy(-1)
-    on_done({ code = REQUEST_CANCELLED, message = 'cancelled' }, nil)
+    if handle.id then
+      call(client, 'cancel_request', handle.id)
+    end
+    finish({ code = REQUEST_CANCELLED, message = 'cancelled' }, nil)
   end
   return handle
 end
