@@ -355,6 +355,50 @@ test(':TriageFix changes the buffer as one edit, and one undo restores it', func
   eq(vim.api.nvim_buf_get_lines(buf, 0, 4, false), original, 'tests go after the selection')
 end)
 
+test('code actions from vim.lsp.buf.code_action(): Explain streams into the window, Fix edits', function()
+  local buf = open_file('codeaction.py', { 'def half(x):', '    return x / 2' })
+  wait_for(function()
+    return vim.lsp.buf_is_attached(buf, triage._state.client_id)
+  end, 5000, 'attach')
+  local select = vim.ui.select
+  local offered
+  local function pick(title)
+    vim.ui.select = function(items, opts, on_choice)
+      offered = vim.tbl_map(function(item)
+        return (opts.format_item or tostring)(item)
+      end, items)
+      for i, item in ipairs(items) do
+        if opts.format_item(item):find(title, 1, true) then
+          return on_choice(item, i)
+        end
+      end
+      on_choice(nil, nil)
+    end
+  end
+  local ok, err = pcall(function()
+    vim.api.nvim_win_set_cursor(0, { 2, 0 })
+    local previous = answer_window()
+    pick('triage: Explain')
+    vim.lsp.buf.code_action()
+    wait_for(function()
+      return answer_window() ~= previous and triage._state.current == nil and answer_window():answer() ~= ''
+    end, 5000, 'the explanation from the code action')
+    eq(answer_window():answer(), answer_for(CODER))
+    truthy(vim.tbl_contains(offered, 'triage: Fix'), vim.inspect(offered))
+    answer_window():close()
+    vim.cmd('buffer codeaction.py')
+    vim.api.nvim_win_set_cursor(0, { 2, 0 })
+    pick('triage: Fix')
+    vim.lsp.buf.code_action()
+    wait_for(function()
+      return vim.api.nvim_buf_get_lines(buf, 1, 2, false)[1] == answer_for(CODER)
+    end, 5000, 'the fix applied to line 2')
+    eq(vim.api.nvim_buf_get_lines(buf, 0, 1, false)[1], 'def half(x):')
+  end)
+  vim.ui.select = select
+  assert(ok, err)
+end)
+
 test('cancel: the key in the answer window stops the backend stream', function()
   backend.fault(FAST, { kind = 'trickle', ms = 200, tokens = 200 })
   local before = #backend.requests()

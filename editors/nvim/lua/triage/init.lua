@@ -143,9 +143,21 @@ local function settings_value(settings)
   return settings
 end
 
+local run_code_action
+
 local function client_config()
   local c = state.config
+  local commands = {}
+  for action in pairs(ACTIONS) do
+    -- A code action picked from vim.lsp.buf.code_action() runs here instead of a bare
+    -- executeCommand whose answer would go nowhere: explanations stream into the window,
+    -- edits report their result.
+    commands['triage.' .. action] = function(command, ctx)
+      run_code_action(action, command, ctx)
+    end
+  end
   return {
+    commands = commands,
     name = 'triage',
     cmd = c.cmd,
     cmd_env = c.cmd_env,
@@ -459,17 +471,9 @@ function M.stream_action(action, opts)
   return M.chat(params, ACTIONS[action], selection_preview(bufnr, range))
 end
 
---- Fix / Refactor / Add docstring / Write tests: the server edits the buffer through
---- workspace/applyEdit (one edit, one undo step).
-function M.edit(action, opts, on_done)
-  local bufnr = vim.api.nvim_get_current_buf()
-  local doc, range = document_params(bufnr, opts)
-  local argument = { uri = doc.uri, range = range }
-  if opts and opts.args and opts.args ~= '' then
-    argument.prompt = opts.args
-  end
-  notify(ACTIONS[action] .. '…')
-  return request('workspace/executeCommand', { command = 'triage.' .. action, arguments = { argument } }, function(err, result)
+--- The answer handler of an editing command: the footer, or why nothing was applied.
+local function edit_reported(action, on_done)
+  return function(err, result)
     if err then
       if err.code ~= REQUEST_CANCELLED then
         notify(ACTIONS[action] .. ' failed: ' .. (err.message or '?'), vim.log.levels.ERROR)
@@ -485,7 +489,38 @@ function M.edit(action, opts, on_done)
     if on_done then
       on_done(err, result)
     end
-  end, bufnr)
+  end
+end
+
+--- Fix / Refactor / Add docstring / Write tests: the server edits the buffer through
+--- workspace/applyEdit (one edit, one undo step).
+function M.edit(action, opts, on_done)
+  local bufnr = vim.api.nvim_get_current_buf()
+  local doc, range = document_params(bufnr, opts)
+  local argument = { uri = doc.uri, range = range }
+  if opts and opts.args and opts.args ~= '' then
+    argument.prompt = opts.args
+  end
+  notify(ACTIONS[action] .. '…')
+  return request('workspace/executeCommand', { command = 'triage.' .. action, arguments = { argument } }, edit_reported(action, on_done), bufnr)
+end
+
+local STREAMED = { explain = true, explainShell = true, ask = true }
+
+run_code_action = function(action, command, ctx)
+  local argument = type(command.arguments) == 'table' and command.arguments[1] or nil
+  if type(argument) ~= 'table' or type(argument.uri) ~= 'string' or type(argument.range) ~= 'table' then
+    notify('the code action came without {uri, range}', vim.log.levels.ERROR)
+    return
+  end
+  local bufnr = ctx and ctx.bufnr or vim.uri_to_bufnr(argument.uri)
+  if STREAMED[action] then
+    M.chat({ textDocument = { uri = argument.uri }, range = argument.range, action = action, bufnr = bufnr },
+      ACTIONS[action], selection_preview(bufnr, argument.range))
+    return
+  end
+  notify(ACTIONS[action] .. '…')
+  request('workspace/executeCommand', { command = command.command, arguments = { argument } }, edit_reported(action), bufnr)
 end
 
 function M.ask(opts)
