@@ -64,6 +64,10 @@ pub async fn serve(sources: config::Sources) -> Result<bool, String> {
     .custom_method("triage/route", Server::route)
     .custom_method("triage/status", Server::status)
     .custom_method("triage/intent", Server::intent)
+    .custom_method(
+        "window/workDoneProgress/cancel",
+        Server::work_done_progress_cancel,
+    )
     .custom_method("textDocument/inlineCompletion", Server::inline_completion)
     .finish();
     let service = Ordered {

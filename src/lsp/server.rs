@@ -66,6 +66,9 @@ pub struct State {
     warned: Mutex<(Option<Instant>, HashMap<String, Instant>)>,
     sync_errors: Mutex<Vec<String>>,
     work_done_progress: AtomicBool,
+    /// Commands running under a server-created progress token, by token: the editor's Cancel
+    /// button (`window/workDoneProgress/cancel`) stops them like `$/cancelRequest`.
+    progress_cancels: Mutex<HashMap<String, tokio::sync::oneshot::Sender<()>>>,
     shutdown: AtomicBool,
     client: std::sync::OnceLock<Client>,
     /// The running pre-warm of each intent kind; a new intent or `active: false` aborts it.
@@ -118,6 +121,7 @@ impl State {
             warned: Mutex::default(),
             sync_errors: Mutex::default(),
             work_done_progress: AtomicBool::new(false),
+            progress_cancels: Mutex::default(),
             shutdown: AtomicBool::new(false),
             client: std::sync::OnceLock::new(),
             prewarms: Mutex::default(),
@@ -541,6 +545,13 @@ impl Server {
     }
 }
 
+fn progress_key(token: &ProgressToken) -> String {
+    match token {
+        ProgressToken::Number(n) => n.to_string(),
+        ProgressToken::String(s) => s.clone(),
+    }
+}
+
 fn uuid_like() -> String {
     use std::sync::atomic::AtomicU64;
     static NEXT: AtomicU64 = AtomicU64::new(1);
@@ -831,6 +842,14 @@ impl Server {
         });
         if let Some(old) = lock(&self.state.prewarms).insert(kind, task) {
             old.abort();
+        }
+    }
+
+    /// `window/workDoneProgress/cancel`: the editor's Cancel button on a command's progress.
+    pub async fn work_done_progress_cancel(&self, params: WorkDoneProgressCancelParams) {
+        let sender = lock(&self.state.progress_cancels).remove(&progress_key(&params.token));
+        if let Some(sender) = sender {
+            let _ = sender.send(());
         }
     }
 
@@ -1202,7 +1221,24 @@ impl LanguageServer for Server {
             ..engine::Request::default()
         };
         let token = self.begin_progress(&format!("triage: {title}")).await;
-        let result = self.run(request, token.clone(), None).await;
+        let (cancel_tx, cancel_rx) = tokio::sync::oneshot::channel();
+        let key = token.as_ref().map(progress_key);
+        if let Some(key) = &key {
+            lock(&self.state.progress_cancels).insert(key.clone(), cancel_tx);
+        }
+        // The progress's Cancel button drops the run (and so the model's stream), as
+        // `$/cancelRequest` does.
+        let result = tokio::select! {
+            result = self.run(request, token.clone(), None) => Some(result),
+            Ok(()) = cancel_rx => None,
+        };
+        if let Some(key) = &key {
+            lock(&self.state.progress_cancels).remove(key);
+        }
+        let Some(result) = result else {
+            self.end_progress(token, "cancelled").await;
+            return Err(jsonrpc::Error::request_cancelled());
+        };
         self.end_progress(token, if result.is_ok() { "done" } else { "failed" })
             .await;
         let answer = result.map_err(engine_error)?;

@@ -86,3 +86,34 @@ async def test_unknown_triage_notifications_are_ignored(client: TriageClient, ba
     messages = check_framing(bytes(client.stdout_tap.data))
     assert [m for m in messages if "error" in m] == []
     assert [m for m in messages if m.get("id") is None and "result" in m] == []
+
+
+async def test_progress_cancel_button_stops_a_command(client: TriageClient, backend):
+    """VS Code's progress notification has a Cancel button: `window/workDoneProgress/cancel`
+    on the server-created token stops the command like `$/cancelRequest`, nothing is edited."""
+    await initialize(client)
+    open_document(client, PYTHON_URI, PYTHON_TEXT, "python")
+    backend.set_fault(CODER, {"kind": "trickle", "ms": 200, "tokens": 200})
+    request = client.raw_request("workspace/executeCommand", {
+        "command": "triage.fix",
+        "arguments": [{"uri": PYTHON_URI, "range": range_json(span(0, 0, 2, 0))}],
+    })
+    await backend.wait_for(lambda rs: any(r["path"] == "/api/chat" for r in rs), what="the model asked")
+    (token,) = client.created_tokens
+    client.send_raw({"jsonrpc": "2.0", "method": "window/workDoneProgress/cancel",
+                     "params": {"token": token}})
+    with pytest.raises(JsonRpcException) as error:
+        await bounded(request, 3)
+    assert error.value.code == -32800  # RequestCancelled
+    requests = await backend.wait_for(
+        lambda rs: rs and rs[-1]["closed_early"], timeout=3, what="the model's stream closed")
+    assert requests[-1]["model"] == CODER and requests[-1]["completed"] is False
+    await eventually(lambda: client.progress_values[token][-1] == {"kind": "end", "message": "cancelled"},
+                     timeout=2, what="the progress ended as cancelled")
+    assert client.applied_edits == []
+    # A cancel for a token that is not running (or no longer) is ignored.
+    client.send_raw({"jsonrpc": "2.0", "method": "window/workDoneProgress/cancel",
+                     "params": {"token": "nothing-runs-here"}})
+    backend.set_fault(CODER, {"kind": "ok"})
+    answer = await bounded(client.request("triage/chat", {"prompt": "hello", "tier": "coder"}))
+    assert answer["text"] == answer_for(CODER)

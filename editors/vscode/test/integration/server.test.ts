@@ -123,6 +123,24 @@ test("Stop: cancelling the token sends $/cancelRequest and the backend stream is
   assert.equal(next.text, answerTokens(FAST).join(""));
 });
 
+test("the Cancel button of a command's progress (window/workDoneProgress/cancel) stops it", async () => {
+  const s = await start();
+  await s.open(URI, "python", TEXT);
+  const tokens: (string | number)[] = [];
+  s.connection.onRequest("window/workDoneProgress/create", (p: { token: string | number }) => {
+    tokens.push(p.token);
+    return null;
+  });
+  await backend.setFault(CODER, { kind: "trickle", ms: 200, tokens: 200 });
+  const fix = s.session.runCommand("fix", URI, { start: { line: 0, character: 0 }, end: { line: 2, character: 0 } });
+  await eventually(async () => tokens.length > 0 && (await backend.requests()).some((r) => r.path === "/api/chat"), 5000, "the command's progress and model call");
+  await s.connection.sendNotification("window/workDoneProgress/cancel", { token: tokens[0] });
+  const error = await bounded(fix.then(() => undefined, (e: unknown) => e), 3000, "the cancelled command");
+  assert.ok(isCancellation(error), `cancelled, got ${JSON.stringify(error)}`);
+  await eventually(async () => (await backend.requests()).at(-1)?.closed_early, 3000, "the model's stream closed");
+  assert.equal(s.edits.length, 0, "nothing edited");
+});
+
 test("the triage/status notification drives the status bar text", async () => {
   const s = await start();
   const tiers = new Map((await bounded(s.session.status())).tiers.map((t) => [t.model, t.tier]));
