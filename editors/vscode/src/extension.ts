@@ -90,6 +90,8 @@ class Extension {
       this.intents,
       this.work.onDidChange(() => this.redraw()),
       vscode.window.onDidChangeTextEditorSelection((e) => {
+        const scheme = e.textEditor.document.uri.scheme;
+        if (scheme !== "file" && scheme !== "untitled") return;
         const s = e.selections[0];
         this.intents.selectionChanged(e.textEditor.document.uri.toString(), s && !s.isEmpty ? toRange(s) : undefined);
       }),
@@ -98,7 +100,8 @@ class Extension {
         if (needsRestart(affects)) void this.restart();
         else if (affectsServer(affects) && this.session) {
           this.session.configurationChanged(toServerSettings(settingsGetter()));
-          void this.refreshTiers();
+          // The server applies the notification on its own time; ask for the tiers after it.
+          setTimeout(() => void this.refreshTiers(), 500);
         }
       }),
     );

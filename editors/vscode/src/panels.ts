@@ -106,7 +106,12 @@ export class AskPanel {
     const panel = this.ensurePanel();
     panel.title = `triage: ${request.title}`;
     await this.ready;
-    const post = (message: Record<string, unknown>) => void panel.webview.postMessage(message);
+    const source = new vscode.CancellationTokenSource();
+    this.current = source;
+    // A request that was replaced by a newer one must not draw over it.
+    const post = (message: Record<string, unknown>) => {
+      if (this.current === source) void panel.webview.postMessage(message);
+    };
     post({ type: "start", title: request.title, prompt: request.shown });
     const streamed = new StreamedAnswer();
     let timer: NodeJS.Timeout | undefined;
@@ -119,8 +124,6 @@ export class AskPanel {
       timer = undefined;
       post({ type: "render", html: streamed.html(), route: routeText() });
     };
-    const source = new vscode.CancellationTokenSource();
-    this.current = source;
     void vscode.commands.executeCommand("setContext", "triage.answering", true);
     try {
       const answer = await this.work.run(
@@ -149,8 +152,10 @@ export class AskPanel {
         post({ type: "error", html, details, route: "failed" });
       }
     } finally {
-      if (this.current === source) this.current = undefined;
-      void vscode.commands.executeCommand("setContext", "triage.answering", false);
+      if (this.current === source) {
+        this.current = undefined;
+        void vscode.commands.executeCommand("setContext", "triage.answering", false);
+      }
     }
   }
 
