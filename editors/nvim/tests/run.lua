@@ -249,7 +249,7 @@ test('setup attaches the server to buffers (vim.lsp.start or the 0.7 fallback)',
   wait_for(function()
     return vim.lsp.buf_is_attached(other, before)
   end, 5000, 'the second buffer to attach')
-  eq(#vim.lsp.get_active_clients(), 1, 'one client')
+  eq(#(vim.lsp.get_clients or vim.lsp.get_active_clients)(), 1, 'one client')
 end)
 
 test('the statusline reflects triage/status notifications', function()
@@ -497,7 +497,7 @@ test('a command right after the file opened waits for the server to start', func
   end, 5000, 'the old client to stop')
   local buf = open_file('fresh.py', { 'def fresh():', '    return 42' })
   -- No waiting: the server is still starting when the command is sent.
-  truthy(not client().initialized, 'the new client is still initializing')
+  truthy(not client().initialized, string.format('the new client is still initializing (id %s, old %s)', client().id, old.id))
   vim.cmd('1,2TriageExplain')
   wait_for(function()
     return triage._state.current == nil and answer_window():answer() ~= ''

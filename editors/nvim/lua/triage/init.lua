@@ -220,8 +220,10 @@ function M.attach(bufnr)
     state.attach_path = 'vim.lsp.start'
     local id = vim.lsp.start(client_config(), {
       bufnr = bufnr,
+      -- One server for every buffer, but never one that is shutting down (it can still be
+      -- listed while it exits).
       reuse_client = function(client, config)
-        return client.name == config.name
+        return client.name == config.name and not call(client, 'is_stopped')
       end,
     })
     state.client_id = id or state.client_id
