@@ -79,7 +79,14 @@ function fakeVscode(record: { commands: string[]; errors: string[]; items: Any[]
   return new Proxy(stub, { get: (target, key: string) => (key in target ? target[key] : class {}) });
 }
 
-test("activation without a server binary: all commands, one clear error, nothing started", async () => {
+// The compiled sources, and the bundle that goes into the .vsix (`node esbuild.mjs` first).
+const builds = [
+  { name: "compiled sources", module: path.join(__dirname, "..", "..", "src", "extension.js") },
+  { name: "the .vsix bundle", module: path.join(__dirname, "..", "..", "..", "dist", "extension.js") },
+];
+
+for (const build of builds) test(`activation without a server binary (${build.name}): all commands, one clear error, nothing started`, async () => {
+  assert.ok(fs.existsSync(build.module), `${build.module} is missing: run \`npx tsc -p . && node esbuild.mjs\``);
   const record = { commands: [] as string[], errors: [] as string[], items: [] as Any[], configuration: { serverArgs: [] } as Record<string, unknown> };
   const vscode = fakeVscode(record);
   const moduleWithLoad = Module as unknown as { _load: (request: string, ...rest: unknown[]) => unknown };
@@ -91,7 +98,7 @@ test("activation without a server binary: all commands, one clear error, nothing
   process.env.PATH = path.join(__dirname, "no-such-dir");
   try {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const extension = require("../../src/extension") as { activate(context: { subscriptions: Disposable[] }): Promise<void>; deactivate(): Promise<void> };
+    const extension = require(build.module) as { activate(context: { subscriptions: Disposable[] }): Promise<void>; deactivate(): Promise<void> };
     const context = { subscriptions: [] as Disposable[] };
     await extension.activate(context);
     const manifest = JSON.parse(fs.readFileSync(path.join(__dirname, "..", "..", "..", "package.json"), "utf8")) as { contributes: { commands: { command: string }[] } };
