@@ -729,7 +729,12 @@ impl Server {
                 }
                 b => b,
             },
-            urgency: engine::Urgency::Typed,
+            // A code action streamed into an editor's window is waited for as the command
+            // would be.
+            urgency: match action {
+                Some(a) if a != Action::AskHeavy => engine::Urgency::Interactive,
+                _ => engine::Urgency::Typed,
+            },
             cascade: p
                 .cascade
                 .as_deref()
