@@ -935,6 +935,18 @@ fn ask_command(config: Config, args: AskArgs) -> Result<(), Failure> {
             Ok(())
         }
         Err(engine::Error::Input(message)) => Err(usage(message)),
+        Err(engine::Error::Busy {
+            message,
+            retry_after_s,
+        }) => {
+            if json {
+                print_line(
+                    &json!({ "error": message, "busy": true, "retry_after_s": retry_after_s })
+                        .to_string(),
+                );
+            }
+            Err(Failure::Request(message))
+        }
         Err(engine::Error::Failed {
             message,
             partial,

@@ -77,6 +77,9 @@ pub struct Endpoint {
     /// Name of the environment variable holding a bearer key; the key itself never enters the
     /// config or a log.
     pub api_key_env: Option<String>,
+    /// Requests one model may run at once here; `None`: `$OLLAMA_NUM_PARALLEL`, else 1
+    /// (`engine::limits`).
+    pub max_concurrent: Option<u32>,
 }
 
 /// Timeouts of one tier, in seconds.
@@ -123,6 +126,9 @@ pub struct TierConfig {
     pub cascade: CascadeMode,
     /// The confidence below which the cascade applies.
     pub cascade_below: f32,
+    /// Requests this tier's model may run at once on each of its endpoints; replaces the
+    /// endpoint's `max_concurrent` for it.
+    pub max_concurrent: Option<u32>,
 }
 
 /// What happens after an answer whose confidence is below the tier's `cascade_below`.
@@ -234,6 +240,25 @@ impl Default for CompletionConfig {
     }
 }
 
+/// The queue in front of a busy model (`engine::limits`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Requests that may wait per model once its `max_concurrent` are running; 0: none wait.
+    pub queue_len: usize,
+    /// The longest a request waits in the queue before it moves on (or fails as busy).
+    pub max_wait_s: f64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            queue_len: 64,
+            max_wait_s: 60.0,
+        }
+    }
+}
+
 /// The whole validated configuration.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Config {
@@ -242,6 +267,7 @@ pub struct Config {
     pub vram: VramConfig,
     pub completion: CompletionConfig,
     pub latency: LatencyConfig,
+    pub limits: LimitsConfig,
 }
 
 impl Config {
@@ -285,6 +311,7 @@ struct RawConfig {
     completion: Option<CompletionConfig>,
     #[serde(default)]
     latency: Option<LatencyConfig>,
+    limits: Option<LimitsConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -293,6 +320,7 @@ struct RawEndpoint {
     kind: Option<EndpointKind>,
     url: String,
     api_key_env: Option<String>,
+    max_concurrent: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -316,6 +344,7 @@ struct RawTier {
     enabled: Option<bool>,
     cascade: Option<CascadeMode>,
     cascade_below: Option<f32>,
+    max_concurrent: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -478,6 +507,7 @@ fn default_tier(tier: Tier) -> TierConfig {
         enabled: true,
         cascade: CascadeMode::Off,
         cascade_below: 0.5,
+        max_concurrent: None,
     }
 }
 
@@ -489,6 +519,7 @@ fn build(raw: RawConfig, ollama_host: Option<&str>) -> Result<Config, ConfigErro
             kind: EndpointKind::Ollama,
             url: ollama_host_url(ollama_host.unwrap_or(""))?,
             api_key_env: None,
+            max_concurrent: None,
         },
     );
     for (name, e) in raw.endpoints {
@@ -502,12 +533,19 @@ fn build(raw: RawConfig, ollama_host: Option<&str>) -> Result<Config, ConfigErro
                 ));
             }
         }
+        if e.max_concurrent == Some(0) {
+            return Err(invalid(
+                format!("endpoints.{name}.max_concurrent"),
+                "must be at least 1 (as many as the server runs at once, e.g. its OLLAMA_NUM_PARALLEL)",
+            ));
+        }
         endpoints.insert(
             name,
             Endpoint {
                 kind: e.kind.unwrap_or(EndpointKind::Ollama),
                 url,
                 api_key_env: e.api_key_env,
+                max_concurrent: e.max_concurrent,
             },
         );
     }
@@ -560,6 +598,15 @@ fn build(raw: RawConfig, ollama_host: Option<&str>) -> Result<Config, ConfigErro
             if let Some(below) = r.cascade_below {
                 t.cascade_below = below;
             }
+            if let Some(n) = r.max_concurrent {
+                if n == 0 {
+                    return Err(invalid(
+                        format!("tiers.{tier}.max_concurrent"),
+                        "must be at least 1",
+                    ));
+                }
+                t.max_concurrent = Some(n);
+            }
         }
         validate_tier(tier, &t, &endpoints)?;
         tiers.insert(tier, t);
@@ -597,12 +644,20 @@ fn build(raw: RawConfig, ollama_host: Option<&str>) -> Result<Config, ConfigErro
             "must be the GPU's memory in MB (leave it out where NVML reads it)",
         ));
     }
+    let limits = raw.limits.unwrap_or_default();
+    if !(limits.max_wait_s.is_finite() && limits.max_wait_s > 0.0) {
+        return Err(invalid(
+            "limits.max_wait_s",
+            "must be a positive number of seconds",
+        ));
+    }
     Ok(Config {
         endpoints,
         tiers,
         vram,
         completion,
         latency,
+        limits,
     })
 }
 
@@ -874,6 +929,19 @@ mod tests {
         assert_eq!(c.tier(Tier::Fast).timeouts.first_token_s, 5.0);
         assert_eq!(c.tier(Tier::Fast).timeouts.idle_s, 30.0);
         assert_eq!(c.vram.headroom_mb, 2048);
+        assert_eq!(c.limits, LimitsConfig::default());
+        assert_eq!(c.endpoints["vllm"].max_concurrent, None);
+        let l = from_toml(
+            "[endpoints.ollama]\nurl = \"http://h:1\"\nmax_concurrent = 4\n\
+             [tiers.heavy]\nmax_concurrent = 1\n[limits]\nqueue_len = 0\nmax_wait_s = 2.5\n",
+            "t.toml",
+            None,
+        )
+        .expect("valid");
+        assert_eq!(l.endpoints[DEFAULT_ENDPOINT].max_concurrent, Some(4));
+        assert_eq!(l.tier(Tier::Heavy).max_concurrent, Some(1));
+        assert_eq!(l.tier(Tier::Fast).max_concurrent, None);
+        assert_eq!((l.limits.queue_len, l.limits.max_wait_s), (0, 2.5));
         assert_eq!(
             c.enabled_tiers().collect::<Vec<_>>(),
             [Tier::Fast, Tier::Heavy]
@@ -909,6 +977,16 @@ mod tests {
         assert!(e.contains("test.toml"), "{e}");
         let e = err("[endpoints.k]\nurl = \"http://h\"\napi_key_env = \"\"");
         assert!(e.contains("api_key_env"), "{e}");
+        let e = err("[endpoints.k]\nurl = \"http://h\"\nmax_concurrent = 0");
+        assert!(e.contains("endpoints.k.max_concurrent"), "{e}");
+        let e = err("[tiers.fast]\nmax_concurrent = 0");
+        assert!(e.contains("tiers.fast.max_concurrent"), "{e}");
+        let e = err("[limits]\nmax_wait_s = 0");
+        assert!(e.contains("limits.max_wait_s"), "{e}");
+        let e = err("[limits]\nqueue_len = -1");
+        assert!(e.contains("queue_len"), "{e}");
+        let e = err("[limits]\nqueue_size = 3");
+        assert!(e.contains("queue_size"), "{e}");
     }
 
     #[test]

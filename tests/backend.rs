@@ -516,6 +516,60 @@ fn status_reports_endpoints_models_loaded_share_and_tiers() {
 }
 
 #[test]
+fn status_shows_each_models_concurrency_limit_from_ollama_num_parallel() {
+    let backend = TestBackend::start();
+    let config = ollama_config(&backend);
+    let limits = |env: Option<&str>| {
+        let mut cmd = triage();
+        if let Some(n) = env {
+            cmd.env("OLLAMA_NUM_PARALLEL", n);
+        }
+        let o = bounded(
+            cmd.args([
+                "--config",
+                config.to_str().expect("utf-8"),
+                "status",
+                "--json",
+            ]),
+            Duration::from_secs(30),
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        json(&o)["limits"].as_array().expect("limits").clone()
+    };
+    let default = limits(None);
+    assert_eq!(default.len(), 3, "{default:?}");
+    for l in &default {
+        assert_eq!(
+            (
+                l["max_concurrent"].as_u64(),
+                l["running"].as_u64(),
+                l["queued"].as_u64()
+            ),
+            (Some(1), Some(0), Some(0)),
+            "Ollama's default is one at a time: {l}"
+        );
+    }
+    let raised = limits(Some("3"));
+    assert!(
+        raised.iter().all(|l| l["max_concurrent"] == 3),
+        "{raised:?}"
+    );
+    let o = bounded(
+        triage().env("OLLAMA_NUM_PARALLEL", "3").args([
+            "--config",
+            config.to_str().expect("utf-8"),
+            "status",
+        ]),
+        Duration::from_secs(30),
+    );
+    let text = stdout(&o);
+    assert!(
+        text.contains("llama3.2:3b on ollama · 0 running, 0 queued · max 3 at once"),
+        "{text}"
+    );
+}
+
+#[test]
 fn statistics_accumulate_across_runs() {
     let backend = TestBackend::start();
     let config = ollama_config(&backend);

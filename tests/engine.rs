@@ -328,3 +328,109 @@ async fn prewarm_needs_a_gpu_reading_and_skips_a_loaded_model() {
     assert!(r.preload && r.completed);
     assert_eq!(r.keep_alive, json!("5m"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_is_limited_per_model_and_a_full_queue_is_busy() {
+    let backend = TestBackend::start();
+    backend.set_fault("llama3.2:3b", Fault::Trickle { ms: 20, tokens: 5 });
+    let config = config_for(
+        &backend,
+        "max_concurrent = 2\n[tiers.coder]\nenabled = false\n[tiers.heavy]\nenabled = false\n\
+         [limits]\nqueue_len = 3\nmax_wait_s = 30\n",
+    );
+    let engine = std::sync::Arc::new(engine(config));
+    // Five at once: two run, three wait their turn; all are answered.
+    let runs = (0..5).map(|_| {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            engine
+                .run(
+                    &request("hello", Tier::Fast),
+                    &Snapshot::no_gpu(),
+                    &mut |_| {},
+                )
+                .await
+        })
+    });
+    for result in futures::future::join_all(runs).await {
+        let answer = result.expect("join").expect("answered");
+        assert_eq!(answer.text, "Hello from llama3.2:3b, this");
+    }
+    assert_eq!(
+        backend.load("llama3.2:3b"),
+        (0, 2),
+        "never more than two at once"
+    );
+
+    // Two running and three queued: a sixth is refused at once, naming the limit.
+    backend.set_fault(
+        "llama3.2:3b",
+        Fault::Trickle {
+            ms: 100,
+            tokens: 50,
+        },
+    );
+    let waiting: Vec<_> = (0..5)
+        .map(|_| {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                engine
+                    .run(
+                        &request("hello", Tier::Fast),
+                        &Snapshot::no_gpu(),
+                        &mut |_| {},
+                    )
+                    .await
+            })
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while engine.loads()[0].queued < 3 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let load = engine
+        .loads()
+        .into_iter()
+        .find(|l| l.model == "llama3.2:3b")
+        .expect("the fast model's slot");
+    assert_eq!((load.running, load.queued, load.max_concurrent), (2, 3, 2));
+    let started = std::time::Instant::now();
+    let busy = engine
+        .run(
+            &request("hello", Tier::Fast),
+            &Snapshot::no_gpu(),
+            &mut |_| {},
+        )
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refused at once"
+    );
+    match busy {
+        Err(triage::engine::Error::Busy {
+            message,
+            retry_after_s,
+        }) => {
+            assert!(message.contains("queue is full"), "{message}");
+            assert_eq!(retry_after_s, Some(30));
+        }
+        other => panic!("expected Busy, got {other:?}"),
+    }
+    // Cancelling the queued ones takes them out of the queue at once; nothing reached the model.
+    for task in &waiting {
+        task.abort();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let load = engine.loads()[0].clone();
+    assert_eq!((load.running, load.queued), (0, 0));
+    let asked = backend
+        .requests()
+        .iter()
+        .filter(|r| r.text.contains("hello"))
+        .count();
+    assert_eq!(
+        asked,
+        5 + 2,
+        "the queued requests never reached the backend"
+    );
+}

@@ -5,7 +5,10 @@
 //! timeout, malformed stream) moves on to the next candidate of the decision's chain, and the
 //! answer records what was tried and why. After the first token there is no silent restart: the
 //! stream ends with a clear error and the partial text is kept. Keeps per-model statistics and
-//! per-endpoint circuit breakers. Protocol front ends (CLI, LSP) call [`Engine::run`] and
+//! per-endpoint circuit breakers. Each attempt first takes a place under its model's concurrency
+//! limit (`limits`): a model whose queue is full, or whose wait runs out, is passed over like a
+//! failed one (without counting against its breaker), and when every candidate was busy the
+//! request fails with [`Error::Busy`]. Protocol front ends (CLI, LSP) call [`Engine::run`] and
 //! render [`Progress`]; they make no decisions of their own.
 //!
 //! Latency: the engine gathers what the router's latency rule needs (per-model timings from
@@ -13,6 +16,7 @@
 //! keep_alive residency chooses, pre-warms the likely model on an editor's intent
 //! ([`Engine::prewarm`]) and runs the cascade to the next tier when an answer's confidence is low.
 
+pub mod limits;
 pub mod residency;
 pub mod stats;
 pub mod status;
@@ -160,6 +164,13 @@ pub enum Error {
         partial: Option<Box<Answer>>,
         fallbacks: Vec<Fallback>,
     },
+    /// Every candidate model was at its concurrency limit with a full queue, or no place came
+    /// free within `limits.max_wait_s`.
+    #[error("{message}")]
+    Busy {
+        message: String,
+        retry_after_s: Option<u64>,
+    },
 }
 
 /// Runs requests. One per process: it owns the HTTP client's connection pool.
@@ -170,6 +181,7 @@ pub struct Engine {
     pub stats: std::sync::Arc<Stats>,
     breakers: std::sync::Arc<Breakers>,
     residency: std::sync::Arc<residency::Tracker>,
+    limiter: std::sync::Arc<limits::Limiter>,
 }
 
 /// How one attempt ended badly.
@@ -207,6 +219,7 @@ impl Engine {
             stats: stats.into(),
             breakers: std::sync::Arc::default(),
             residency: std::sync::Arc::default(),
+            limiter: std::sync::Arc::default(),
         }
     }
 
@@ -221,8 +234,8 @@ impl Engine {
         &self.residency
     }
 
-    /// The same engine with a new configuration: statistics, breakers and the connection pool
-    /// carry over.
+    /// The same engine with a new configuration: statistics, breakers, residency, concurrency
+    /// slots (with the requests running in them) and the connection pool carry over.
     pub fn reconfigured(&self, config: Config) -> Engine {
         Engine {
             config,
@@ -231,7 +244,27 @@ impl Engine {
             stats: self.stats.clone(),
             breakers: self.breakers.clone(),
             residency: self.residency.clone(),
+            limiter: self.limiter.clone(),
         }
+    }
+
+    /// Waits for a place to run `model` on `endpoint` under the configured limits (for callers
+    /// that talk to a backend directly, such as fill-in-the-middle). Dropping the future leaves
+    /// the queue; dropping the permit frees the place.
+    pub async fn slot(&self, endpoint: &str, model: &str) -> Result<limits::Permit, limits::Busy> {
+        self.limiter
+            .acquire(
+                endpoint,
+                model,
+                limits::capacity(&self.config, endpoint, model),
+                limits::QueuePolicy::of(&self.config),
+            )
+            .await
+    }
+
+    /// Running and queued requests per model (every configured model, idle ones included).
+    pub fn loads(&self) -> Vec<limits::Load> {
+        self.limiter.report(&self.config)
     }
 
     pub fn config(&self) -> &Config {
@@ -338,6 +371,7 @@ impl Engine {
             .chain(decision.fallbacks.iter().cloned())
             .collect();
         let mut fallbacks: Vec<Fallback> = Vec::new();
+        let mut busy: Vec<limits::Busy> = Vec::new();
         let mut unreachable: Vec<&str> = Vec::new();
         let last = candidates.len().saturating_sub(1);
         for (i, candidate) in candidates.iter().enumerate() {
@@ -381,6 +415,20 @@ impl Engine {
                 keep_alive: Some(keep_alive),
                 num_ctx: Some(tier_config.num_ctx),
                 max_tokens: Some(tier_config.max_tokens),
+            };
+            // Held until this attempt ends, whichever way; a dropped run frees it at once.
+            let _permit = match self.slot(&candidate.endpoint, &candidate.model).await {
+                Ok(permit) => permit,
+                Err(b) => {
+                    info!(model = %candidate.model, endpoint = %candidate.endpoint, error = %b.message, "busy; moving on");
+                    progress(Progress::FellBack {
+                        from: candidate,
+                        error: &b.message,
+                    });
+                    fallbacks.push(fallback(candidate, b.message.clone()));
+                    busy.push(b);
+                    continue;
+                }
             };
             let limits = self.limits(tier_config, &candidate.model, snapshot);
             progress(Progress::Trying(candidate));
@@ -487,6 +535,23 @@ impl Engine {
                     });
                 }
             }
+        }
+        if !busy.is_empty() && busy.len() == fallbacks.len() {
+            let retry_after_s = busy.iter().filter_map(|b| b.retry_after_s).min();
+            let message = match busy.as_slice() {
+                [only] => only.message.clone(),
+                many => format!(
+                    "every model is busy: {}",
+                    many.iter()
+                        .map(|b| b.message.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+            };
+            return Err(Error::Busy {
+                message,
+                retry_after_s,
+            });
         }
         let message = match fallbacks.as_slice() {
             [] => "no model could be asked: check the tiers and endpoints in the configuration"

@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 
+use super::limits::Load;
 use super::stats::Summary;
 use super::Engine;
 use crate::backend::{LoadedEntry, ModelEntry, Target};
@@ -18,6 +19,8 @@ pub struct Status {
     pub stats: Vec<Summary>,
     /// Evictions and reload ping-pong seen by this process.
     pub residency: super::residency::Counts,
+    /// Running and queued requests per model and endpoint, against `max_concurrent`.
+    pub limits: Vec<Load>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -145,6 +148,7 @@ pub async fn gather(engine: &Engine, monitor: &Monitor) -> Status {
         tiers,
         stats: engine.stats.summaries(),
         residency: engine.residency().counts(),
+        limits: engine.loads(),
     }
 }
 
@@ -227,6 +231,15 @@ impl Status {
                 t.vram_mb,
                 state
             ));
+        }
+        if !self.limits.is_empty() {
+            s.push_str("limits:\n");
+            for l in &self.limits {
+                s.push_str(&format!(
+                    "  {} on {} · {} running, {} queued · max {} at once\n",
+                    l.model, l.endpoint, l.running, l.queued, l.max_concurrent
+                ));
+            }
         }
         if !self.stats.is_empty() {
             s.push_str("models:\n");

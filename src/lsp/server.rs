@@ -617,6 +617,15 @@ fn invalid_params(message: String) -> jsonrpc::Error {
 fn engine_error(e: engine::Error) -> jsonrpc::Error {
     match e {
         engine::Error::Input(message) => invalid_params(message),
+        // RequestFailed, with what a client needs to say "busy, try again in N s".
+        engine::Error::Busy {
+            message,
+            retry_after_s,
+        } => jsonrpc::Error {
+            code: ErrorCode::ServerError(-32803),
+            data: Some(json!({ "error": message, "busy": true, "retry_after_s": retry_after_s })),
+            message: message.into(),
+        },
         engine::Error::Failed {
             message,
             partial,
@@ -936,6 +945,8 @@ impl Server {
             max_tokens: Some(completion.max_tokens),
         };
         let collect = async {
+            // Waits its turn behind the model's running requests; a keystroke leaves the queue.
+            let _permit = engine.slot(&name, &tier.model).await.ok()?;
             let mut stream = engine
                 .client()
                 .fill_in_middle(target, &request)

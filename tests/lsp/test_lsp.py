@@ -1143,3 +1143,55 @@ async def test_malformed_message_does_not_stop_the_server(client: TriageClient, 
     assert status["endpoints"][0]["reachable"] is True
     seen = await server_text(client, backend, PYTHON_URI, PYTHON_TEXT, "utf-16", "after-garbage")
     assert_selection_reached(seen, PYTHON_TEXT)
+
+
+# --------------------------------------------------------------------------------------------
+# concurrency limits and the queue
+
+
+def fast_load(status: dict) -> dict:
+    (load,) = [l for l in status["limits"] if l["model"] == FAST and l["endpoint"] == "ollama"]
+    return load
+
+
+async def test_busy_model_queues_refuses_past_the_queue_and_a_cancelled_wait_leaves_it(
+    client: TriageClient, backend
+):
+    await initialize(client, initialization_options={
+        "tiers": {"fast": {"max_concurrent": 1}, "coder": {"enabled": False},
+                  "heavy": {"enabled": False}},
+        "limits": {"queue_len": 1, "max_wait_s": 30},
+    })
+    backend.set_fault(FAST, {"kind": "trickle", "ms": 100, "tokens": 300})
+    running = client.request("triage/chat", {"prompt": "first", "tier": "fast"}, msg_id="running")
+    await backend.wait_for(lambda rs: len(rs) == 1, timeout=3, what="the running request")
+    queued = client.request("triage/chat", {"prompt": "second", "tier": "fast"}, msg_id="queued")
+
+    async def queue_depth():
+        return fast_load(await client.request("triage/status", None))["queued"] == 1
+
+    await eventually(queue_depth, timeout=3, what="one request in the queue")
+    load = fast_load(await bounded(client.request("triage/status", None)))
+    assert (load["running"], load["queued"], load["max_concurrent"]) == (1, 1, 1)
+    # Past the queue: refused at once, with a clear error a client can act on.
+    started = time.monotonic()
+    with pytest.raises(JsonRpcException) as error:
+        await bounded(client.request("triage/chat", {"prompt": "third", "tier": "fast"}), 3)
+    assert time.monotonic() - started < 1.5
+    assert error.value.code == -32803  # RequestFailed
+    assert "busy" in error.value.message and "queue_len" in error.value.message
+    assert error.value.data["busy"] is True and error.value.data["retry_after_s"] == 30
+    # Cancelling the queued request takes it out of the queue at once; it never reached the model.
+    client.cancel("queued")
+    with pytest.raises(JsonRpcException) as error:
+        await bounded(queued, 3)
+    assert error.value.code == -32800
+    load = fast_load(await bounded(client.request("triage/status", None)))
+    assert (load["running"], load["queued"]) == (1, 0)
+    assert not any("second" in r["text"] for r in await backend.requests_async())
+    client.cancel("running")
+    with pytest.raises(JsonRpcException):
+        await bounded(running, 3)
+    backend.set_fault(FAST, {"kind": "ok"})
+    answer = await bounded(client.request("triage/chat", {"prompt": "again", "tier": "fast"}))
+    assert answer["text"] == answer_for(FAST)

@@ -86,6 +86,41 @@ struct Shared {
     requests: Vec<Recorded>,
     loaded: Vec<Value>,
     sim: Option<Sim>,
+    /// Answers in progress per model, and the most seen at once.
+    active: HashMap<String, usize>,
+    peak: HashMap<String, usize>,
+}
+
+/// Counts an answer in progress for as long as it lives (its handler or stream task).
+struct Active {
+    state: AppState,
+    model: String,
+}
+
+impl Active {
+    fn new(state: &AppState, model: &str) -> Active {
+        state.with(|s| {
+            let n = s.active.entry(model.to_string()).or_default();
+            *n += 1;
+            let now = *n;
+            let peak = s.peak.entry(model.to_string()).or_default();
+            *peak = (*peak).max(now);
+        });
+        Active {
+            state: state.clone(),
+            model: model.to_string(),
+        }
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.state.with(|s| {
+            if let Some(n) = s.active.get_mut(&self.model) {
+                *n = n.saturating_sub(1);
+            }
+        });
+    }
 }
 
 #[derive(Clone, Default)]
@@ -209,6 +244,16 @@ impl TestBackend {
             .with(|s| s.sim.as_ref().map(|sim| sim.counts.clone()))
     }
 
+    /// Answers to `model` in progress now, and the most there were at once.
+    pub fn load(&self, model: &str) -> (usize, usize) {
+        self.state.with(|s| {
+            (
+                s.active.get(model).copied().unwrap_or(0),
+                s.peak.get(model).copied().unwrap_or(0),
+            )
+        })
+    }
+
     /// Waits (bounded) until `pred` holds for the recorded requests.
     pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&[Recorded]) -> bool) -> bool {
         let deadline = std::time::Instant::now() + timeout;
@@ -251,6 +296,7 @@ fn router(state: AppState) -> Router {
         .route("/_test/loaded", post(control_loaded))
         .route("/_test/sim", post(control_sim).get(control_sim_state))
         .route("/_test/clock", post(control_clock))
+        .route("/_test/load", get(control_load))
         .with_state(state)
 }
 
@@ -267,6 +313,11 @@ async fn control_fault(State(state): State<AppState>, Json(cmd): Json<FaultComma
 
 async fn control_requests(State(state): State<AppState>) -> Json<Vec<Recorded>> {
     Json(state.with(|s| s.requests.clone()))
+}
+
+/// `{"active": {model: n}, "peak": {model: n}}`
+async fn control_load(State(state): State<AppState>) -> Json<Value> {
+    Json(state.with(|s| json!({"active": s.active, "peak": s.peak})))
 }
 
 async fn control_loaded(
@@ -543,6 +594,7 @@ async fn answer(
     if preload {
         return preload_answer(state, index, model, fault);
     }
+    let active = Active::new(&state, &model);
     match fault {
         Fault::Status { code } => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -564,6 +616,7 @@ async fn answer(
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     let task_state = state.clone();
     tokio::spawn(async move {
+        let _active = active;
         let closed = |s: &AppState| s.with(|x| x.requests[index].closed_early = true);
         let send = |text: String| {
             let tx = tx.clone();

@@ -14,6 +14,7 @@ pub fn triage() -> Command {
     cmd.env_remove("OLLAMA_HOST")
         .env_remove("TRIAGE_CONFIG")
         .env_remove("RUST_LOG")
+        .env_remove("OLLAMA_NUM_PARALLEL")
         // No user config file can be found in an empty config home.
         .env(
             "XDG_CONFIG_HOME",
