@@ -645,11 +645,8 @@ fn build(raw: RawConfig, ollama_host: Option<&str>) -> Result<Config, ConfigErro
         ));
     }
     let limits = raw.limits.unwrap_or_default();
-    if !(limits.max_wait_s.is_finite() && limits.max_wait_s > 0.0) {
-        return Err(invalid(
-            "limits.max_wait_s",
-            "must be a positive number of seconds",
-        ));
+    if !seconds_in_range(limits.max_wait_s) {
+        return Err(invalid("limits.max_wait_s", SECONDS_RANGE));
     }
     Ok(Config {
         endpoints,
@@ -764,14 +761,24 @@ fn validate_tier(
         ("idle_s", ts.idle_s),
         ("total_s", ts.total_s),
     ] {
-        if !(value.is_finite() && value > 0.0) {
+        if !seconds_in_range(value) {
             return Err(invalid(
                 format!("tiers.{tier}.timeouts.{key}"),
-                "must be a positive number of seconds",
+                SECONDS_RANGE,
             ));
         }
     }
     Ok(())
+}
+
+/// The longest timeout or wait accepted: a day. Longer means "never" in an editor, and a value
+/// like 1e300 cannot even be a `Duration`.
+pub const MAX_SECONDS: f64 = 86_400.0;
+
+const SECONDS_RANGE: &str = "must be a positive number of seconds, at most 86400 (a day)";
+
+fn seconds_in_range(value: f64) -> bool {
+    value.is_finite() && value > 0.0 && value <= MAX_SECONDS
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -971,6 +978,15 @@ mod tests {
         assert!(e.contains("tiers.fast.max_tokens"), "{e}");
         let e = err("[tiers.fast.timeouts]\nidle_s = -1");
         assert!(e.contains("tiers.fast.timeouts.idle_s"), "{e}");
+        // Found by the LSP fuzzer: 1e308 seconds made `Duration::from_secs_f64` panic.
+        let e = err("[tiers.heavy.timeouts]\ntotal_s = 1e308");
+        assert!(
+            e.contains("tiers.heavy.timeouts.total_s") && e.contains("86400"),
+            "{e}"
+        );
+        let e = err("[limits]\nmax_wait_s = 1e300");
+        assert!(e.contains("limits.max_wait_s"), "{e}");
+        assert!(from_toml("[tiers.fast.timeouts]\ntotal_s = 86400", "t", None).is_ok());
         let e = err("[vram]\nwarn_percent = 150");
         assert!(e.contains("vram.warn_percent"), "{e}");
         let e = err("this is = = not toml");
