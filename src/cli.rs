@@ -826,9 +826,12 @@ fn engine(config: Config) -> Result<(Engine, backend::Client), Failure> {
         .map(|t| t.timeouts.connect_s)
         .fold(1.0f64, f64::max);
     let client = backend::Client::new(std::time::Duration::from_secs_f64(connect));
-    let stats = engine::stats::default_path()
-        .map(|p| Stats::load(&p))
+    let (stats, problem) = engine::stats::default_path()
+        .map(|p| Stats::load_checked(&p))
         .unwrap_or_default();
+    if let Some(problem) = problem {
+        eprintln!("triage: {problem}");
+    }
     Ok((
         Engine::new(config, client.clone(), analyzer()?, stats),
         client,

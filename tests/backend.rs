@@ -606,3 +606,51 @@ fn statistics_accumulate_across_runs() {
     assert_eq!(fast["requests"], 2);
     assert!(fast["first_token_p50_ms"].is_number());
 }
+
+#[test]
+fn a_corrupt_state_file_is_reported_and_replaced_never_fatal() {
+    let backend = TestBackend::start();
+    let config = ollama_config(&backend);
+    let state = tempfile::tempdir().expect("tempdir");
+    let file = state.path().join("stats.json");
+    // What a crash in the middle of a naive write leaves.
+    std::fs::write(
+        &file,
+        br#"{"llama3.2:3b": {"requests": 4, "errors": 0, "first_token_ms": [12, 3"#,
+    )
+    .expect("write");
+    let o = bounded(
+        triage().env("TRIAGE_STATE_DIR", state.path()).args([
+            "--config",
+            config.to_str().expect("utf-8"),
+            "ask",
+            "--tier",
+            "fast",
+            "hi",
+        ]),
+        Duration::from_secs(30),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("statistics file")
+            && err.contains("is corrupt")
+            && err.contains("stats.json.corrupt"),
+        "{err}"
+    );
+    assert!(state.path().join("stats.json.corrupt").is_file());
+    // Replaced by a whole file with this run's statistics; no warning the next time.
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).expect("replaced")).expect("whole JSON");
+    assert_eq!(saved["llama3.2:3b"]["requests"], 1);
+    let o = bounded(
+        triage().env("TRIAGE_STATE_DIR", state.path()).args([
+            "--config",
+            config.to_str().expect("utf-8"),
+            "status",
+        ]),
+        Duration::from_secs(30),
+    );
+    assert!(o.status.success());
+    assert!(!stderr(&o).contains("corrupt"), "{}", stderr(&o));
+}

@@ -4,6 +4,10 @@
 //!
 //! Statistics can be saved to and loaded from a JSON file so that one-shot commands (`ask`,
 //! `status`) share what earlier runs learned; the language server keeps them in memory.
+//! The file is written whole or not at all (a temporary file, flushed to disk, renamed over it),
+//! so a crash or a full disk never leaves half a file; a file that is truncated or corrupt all
+//! the same (edited by hand, another program) is reported, moved aside to `stats.json.corrupt`
+//! and replaced at the next save — never a reason to fail.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -14,6 +18,10 @@ use serde::{Deserialize, Serialize};
 
 /// How many first-token latencies are kept per model for the percentiles.
 const WINDOW: usize = 200;
+
+/// The longest cold load believed: a server that reports more is broken or lying, and a learned
+/// first-token wait longer than this would leave a request hanging.
+pub const MAX_LOAD: Duration = Duration::from_secs(600);
 
 /// What is known about one model.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -62,27 +70,90 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// Loads saved statistics; a missing or unreadable file starts empty (statistics are a
-    /// convenience, never a reason to fail).
+    /// Loads saved statistics; a missing file starts empty. A corrupt or unreadable one starts
+    /// empty too, with a warning logged (see [`Stats::load_checked`]).
     pub fn load(path: &Path) -> Stats {
-        let models = std::fs::read(path)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice::<BTreeMap<String, ModelStats>>(&bytes).ok())
-            .unwrap_or_default();
-        Stats {
-            models: Mutex::new(models),
+        let (stats, problem) = Stats::load_checked(path);
+        if let Some(problem) = problem {
+            tracing::warn!(path = %path.display(), "{problem}");
+        }
+        stats
+    }
+
+    /// Loads saved statistics and says what was wrong with the file, if anything: a file that
+    /// does not parse is moved aside (`stats.json.corrupt`) so that the next save replaces it.
+    pub fn load_checked(path: &Path) -> (Stats, Option<String>) {
+        let empty = |problem: Option<String>| (Stats::default(), problem);
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return empty(None),
+            Err(e) => {
+                return empty(Some(format!(
+                    "the statistics file {} cannot be read ({e}); starting without statistics",
+                    path.display()
+                )))
+            }
+        };
+        match serde_json::from_slice::<BTreeMap<String, ModelStats>>(&bytes) {
+            Ok(mut models) => {
+                for s in models.values_mut() {
+                    let max_load = MAX_LOAD.as_millis() as u64;
+                    s.load_ms = s.load_ms.map(|ms| ms.min(max_load));
+                    for ms in s.loads_ms.iter_mut() {
+                        *ms = (*ms).min(max_load);
+                    }
+                    while s.first_token_ms.len() > WINDOW {
+                        s.first_token_ms.pop_front();
+                    }
+                    for window in [&mut s.loads_ms, &mut s.overhead_ms] {
+                        while window.len() > TIMING_WINDOW {
+                            window.pop_front();
+                        }
+                    }
+                }
+                (
+                    Stats {
+                        models: Mutex::new(models),
+                    },
+                    None,
+                )
+            }
+            Err(e) => {
+                let aside = path.with_extension("json.corrupt");
+                let moved = std::fs::rename(path, &aside).is_ok();
+                empty(Some(format!(
+                    "the statistics file {} is corrupt ({e}); {}starting afresh",
+                    path.display(),
+                    if moved {
+                        format!("it was moved to {} and ", aside.display())
+                    } else {
+                        String::new()
+                    }
+                )))
+            }
         }
     }
 
-    /// Saves to `path` (through a temporary file, so a crash never leaves half a file).
+    /// Saves to `path` atomically: a temporary file of this process in the same directory,
+    /// flushed to disk, then renamed over `path`. A crash at any point leaves the old file or
+    /// the new one, never a mix; two processes saving at once each rename a whole file.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        use std::io::Write;
         let json = serde_json::to_vec_pretty(&*self.lock())?;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, json)?;
-        std::fs::rename(tmp, path)
+        let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
+        let written = (|| {
+            let mut file = std::fs::File::create(&tmp)?;
+            file.write_all(&json)?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, path)
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ModelStats>> {
@@ -111,7 +182,10 @@ impl Stats {
         if tokens > 0 && generation > Duration::from_millis(1) {
             s.tokens_per_s = Some((tokens as f64 / generation.as_secs_f64() * 10.0).round() / 10.0);
         }
-        if let Some(load) = load.filter(|l| *l > Duration::from_millis(50)) {
+        if let Some(load) = load
+            .filter(|l| *l > Duration::from_millis(50))
+            .map(|l| l.min(MAX_LOAD))
+        {
             let ms = load.as_millis() as u64;
             s.load_ms = Some(s.load_ms.map_or(ms, |old| old.max(ms)));
         }
@@ -131,7 +205,7 @@ impl Stats {
         self.lock()
             .get(model)
             .and_then(|s| s.load_ms)
-            .map(Duration::from_millis)
+            .map(|ms| Duration::from_millis(ms).min(MAX_LOAD))
     }
 
     pub fn summaries(&self) -> Vec<Summary> {
@@ -172,7 +246,9 @@ impl Stats {
     ) {
         let mut models = self.lock();
         let s = models.entry(model.to_string()).or_default();
-        let load = load.filter(|l| *l > Duration::from_millis(50));
+        let load = load
+            .filter(|l| *l > Duration::from_millis(50))
+            .map(|l| l.min(MAX_LOAD));
         if let Some(load) = load {
             push_bounded(&mut s.loads_ms, load.as_millis() as u64, TIMING_WINDOW);
         }
@@ -379,6 +455,80 @@ mod tests {
         )
         .expect("old format");
         assert!(old.loads_ms.is_empty());
+    }
+
+    #[test]
+    fn a_truncated_or_corrupt_state_file_is_reported_moved_aside_and_replaced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("stats.json");
+        let stats = Stats::default();
+        stats.success(
+            "m",
+            Duration::from_millis(100),
+            5,
+            Duration::from_secs(1),
+            None,
+        );
+        stats.save(&path).expect("saved");
+        let whole = std::fs::read(&path).expect("read");
+        let corrupt: [&[u8]; 5] = [
+            &whole[..whole.len() / 2],     // a crash mid-write of a naive writer
+            b"",                           // an empty file
+            b"\xff\xfe not json",          // garbage
+            br#"{"m": {"requests": -1}}"#, // JSON of the wrong shape
+            br#"[1, 2, 3]"#,
+        ];
+        for bytes in corrupt {
+            std::fs::write(&path, bytes).expect("write");
+            let (loaded, problem) = Stats::load_checked(&path);
+            assert!(loaded.summaries().is_empty());
+            let problem = problem.expect("reported");
+            assert!(
+                problem.contains("corrupt") && problem.contains("moved to"),
+                "{problem}"
+            );
+            assert_eq!(
+                std::fs::read(path.with_extension("json.corrupt")).expect("kept aside"),
+                bytes
+            );
+            assert!(!path.exists(), "moved aside, so the next save replaces it");
+            loaded.save(&path).expect("replaced");
+            assert_eq!(Stats::load_checked(&path).1, None, "the new file is whole");
+        }
+        // A missing file is no problem; no temporary file is left behind.
+        std::fs::remove_file(&path).expect("remove");
+        assert_eq!(Stats::load_checked(&path).1, None);
+        stats.save(&path).expect("saved");
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+    }
+
+    #[test]
+    fn a_lying_load_duration_is_clamped() {
+        let stats = Stats::default();
+        stats.success(
+            "m",
+            Duration::from_millis(10),
+            1,
+            Duration::from_secs(1),
+            Some(Duration::from_nanos(u64::MAX)),
+        );
+        assert_eq!(stats.load_time("m"), Some(MAX_LOAD));
+        stats.record_timing(
+            "m",
+            Duration::from_secs(1),
+            Some(Duration::from_nanos(u64::MAX)),
+            None,
+        );
+        assert_eq!(stats.timing("m").load_s, Some(MAX_LOAD.as_secs_f64()));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("stats.json");
+        std::fs::write(&path, br#"{"m": {"requests": 1, "errors": 0, "last_error": null, "tokens_per_s": null, "load_ms": 18446744073709551615}}"#).expect("write");
+        assert_eq!(Stats::load(&path).load_time("m"), Some(MAX_LOAD));
     }
 
     #[test]
