@@ -376,10 +376,7 @@ impl Client {
             .post(target, &url, &body, Some(METADATA_TIMEOUT))
             .await?;
         let response = check_status(target, model, response).await?;
-        let v: serde_json::Value = response.json().await.map_err(|e| Error::Malformed {
-            endpoint: target.name.to_string(),
-            detail: format!("/api/show: {e}"),
-        })?;
+        let v = json_body(target, &url, response).await?;
         Ok(ollama::parse_show(&v))
     }
 
@@ -405,11 +402,58 @@ impl Client {
             .await
             .map_err(|e| transport_error(target, e))?;
         let response = check_status(target, "", response).await?;
-        response.json().await.map_err(|e| Error::Malformed {
-            endpoint: target.name.to_string(),
-            detail: format!("{url}: {e}"),
-        })
+        json_body(target, url, response).await
     }
+}
+
+/// Largest metadata answer read (`/api/tags`, `/api/ps`, `/api/show`, `/v1/models`): a real one
+/// is a few KB even with hundreds of models; a lying server must not fill the memory.
+pub const MAX_METADATA_BODY: usize = 8 * 1024 * 1024;
+
+/// Largest error body read for its message.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// Reads at most `limit` bytes of a body; `Err(read)` when it is longer.
+async fn body_limited(
+    response: &mut reqwest::Response,
+    limit: usize,
+) -> Result<Result<Vec<u8>, usize>, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            return Ok(Err(body.len() + chunk.len()));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Ok(body))
+}
+
+/// A JSON metadata answer, bounded in size.
+async fn json_body(
+    target: Target<'_>,
+    url: &str,
+    mut response: reqwest::Response,
+) -> Result<serde_json::Value, Error> {
+    let malformed = |detail: String| Error::Malformed {
+        endpoint: target.name.to_string(),
+        detail,
+    };
+    let body = match body_limited(&mut response, MAX_METADATA_BODY).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => {
+            return Err(malformed(format!(
+                "{url}: the answer is larger than {} MB",
+                MAX_METADATA_BODY / (1024 * 1024)
+            )))
+        }
+        Err(e) => return Err(transport_error(target, e)),
+    };
+    serde_json::from_slice(&body).map_err(|e| {
+        malformed(format!(
+            "{url}: not JSON ({e}): {}",
+            crate::analyze::signals::prefix(&String::from_utf8_lossy(&body), 80)
+        ))
+    })
 }
 
 /// Adds the bearer key, read from the variable the endpoint names. The key goes into the header
@@ -472,7 +516,11 @@ async fn check_status(
     if status.is_success() {
         return Ok(response);
     }
-    let body = response.text().await.unwrap_or_default();
+    let mut response = response;
+    let body = match body_limited(&mut response, MAX_ERROR_BODY).await {
+        Ok(Ok(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
+        _ => String::new(),
+    };
     let message = server_message(&body);
     let lower = message.to_lowercase();
     let not_found = status == reqwest::StatusCode::NOT_FOUND
@@ -528,6 +576,8 @@ pub struct ChatStream {
     dialect: Dialect,
     response: reqwest::Response,
     buffer: Vec<u8>,
+    /// How much of `buffer` is known to hold no newline (so a long line is scanned once).
+    scanned: usize,
     pending: std::collections::VecDeque<Event>,
     /// Set once a `Done` was produced; later bytes are ignored.
     finished: bool,
@@ -547,6 +597,7 @@ impl ChatStream {
             dialect,
             response,
             buffer: Vec::new(),
+            scanned: 0,
             pending: std::collections::VecDeque::new(),
             finished: false,
             openai_finish: None,
@@ -563,16 +614,24 @@ impl ChatStream {
             if self.finished {
                 return None;
             }
-            if let Some(pos) = self.buffer.iter().position(|b| *b == b'\n') {
+            if let Some(pos) = self.buffer[self.scanned..]
+                .iter()
+                .position(|b| *b == b'\n')
+                .map(|p| p + self.scanned)
+            {
                 let line: Vec<u8> = self.buffer.drain(..=pos).collect();
+                self.scanned = 0;
                 if let Err(e) = self.parse_line(&line[..line.len() - 1]) {
                     self.finished = true;
                     return Some(Err(e));
                 }
                 continue;
             }
+            self.scanned = self.buffer.len();
             if self.buffer.len() > MAX_LINE {
                 self.finished = true;
+                // Its memory goes now, not when the stream is dropped.
+                self.buffer = Vec::new();
                 return Some(Err(self.malformed("a line longer than 4 MB")));
             }
             match self.response.chunk().await {
@@ -581,6 +640,7 @@ impl ChatStream {
                     // The body ended: parse a last line without newline, then insist on Done.
                     if !self.buffer.is_empty() {
                         let line = std::mem::take(&mut self.buffer);
+                        self.scanned = 0;
                         if let Err(e) = self.parse_line(&line) {
                             self.finished = true;
                             return Some(Err(e));
@@ -678,6 +738,94 @@ mod tests {
         assert_eq!(server_message("plain text"), "plain text");
         assert_eq!(server_message(""), "no message");
         assert_eq!(server_message(&"é".repeat(400)).len(), 300);
+    }
+
+    /// The parsers under random and mutated input (seeded): never a panic; sizes and context
+    /// lengths always clamped.
+    #[test]
+    fn parsers_survive_random_and_mutated_input() {
+        let seeds = [
+            r#"{"message":{"role":"assistant","content":"Hi"},"done":false}"#,
+            r#"{"message":{"content":""},"done":true,"done_reason":"length","prompt_eval_count":5,"eval_count":7,"load_duration":2000000000}"#,
+            r#"{"response":"fn","done":false}"#,
+            r#"{"error":"out of memory"}"#,
+            r#"data: {"choices":[{"delta":{"content":"Hel"},"finish_reason":null}]}"#,
+            r#"data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#,
+            "data: [DONE]",
+            ": keep-alive",
+            r#"{"models":[{"name":"a","size":3221225472,"size_vram":2147483648,"expires_at":"x"}]}"#,
+            r#"{"model_info":{"general.architecture":"llama","llama.context_length":131072},"capabilities":["insert"]}"#,
+            r#"{"data":[{"id":"m","object":"model"}]}"#,
+        ];
+        let hostile = [
+            "-1",
+            "1e308",
+            "-1e308",
+            "18446744073709551615",
+            "18446744073709551616",
+            "1.5",
+            "null",
+            "true",
+            r#""s""#,
+            "[]",
+            "{}",
+            r#""\ud800""#,
+            "[[[[[[[[]]]]]]]]",
+            "-0",
+        ];
+        let mut rng = fastrand::Rng::with_seed(12);
+        for _ in 0..40_000 {
+            let mut line = seeds[rng.usize(..seeds.len())].to_string();
+            for _ in 0..rng.usize(1..4) {
+                match rng.u32(0..4) {
+                    // A number or literal replaced by a hostile value.
+                    0 => {
+                        let digits: Vec<usize> = line
+                            .char_indices()
+                            .filter(|(_, c)| c.is_ascii_digit())
+                            .map(|(i, _)| i)
+                            .collect();
+                        if let Some(&at) = digits.get(rng.usize(..digits.len().max(1))) {
+                            let end = line[at..]
+                                .find(|c: char| !c.is_ascii_digit())
+                                .map_or(line.len(), |e| at + e);
+                            line.replace_range(at..end, hostile[rng.usize(..hostile.len())]);
+                        }
+                    }
+                    1 if !line.is_empty() => {
+                        let at = rng.usize(..line.len());
+                        if line.is_char_boundary(at) {
+                            line.truncate(at);
+                        }
+                    }
+                    2 => {
+                        let at = rng.usize(..=line.len());
+                        if line.is_char_boundary(at) {
+                            line.insert(at, ['"', '{', '}', ',', ':', '\\', 'é'][rng.usize(..7)]);
+                        }
+                    }
+                    _ => line = line.replace("\"size\"", "\"size_vram\""),
+                }
+            }
+            let _ = ollama::parse_chat_line(&line);
+            let _ = ollama::parse_generate_line(&line);
+            let (mut finish, mut usage) = (None, None);
+            let _ = openai::parse_sse_line(&line, &mut finish, &mut usage);
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                for entry in ollama::parse_ps(&v) {
+                    assert!(
+                        entry.size_mb == 0 || entry.vram_mb <= entry.size_mb,
+                        "{line}"
+                    );
+                }
+                let info = ollama::parse_show(&v);
+                assert!(info
+                    .context_length
+                    .is_none_or(|n| (1..=ollama::MAX_CONTEXT_LENGTH).contains(&n)));
+                let _ = ollama::parse_tags(&v);
+                let _ = openai::parse_models(&v);
+            }
+        }
     }
 
     #[test]

@@ -92,7 +92,10 @@ fn parse_line(line: &str, text: impl Fn(&Value) -> Option<&str>) -> Result<Vec<E
             Some("stop") | None => Finish::Stop,
             Some(_) => Finish::Other,
         };
-        let usage = match (v["prompt_eval_count"].as_u64(), v["eval_count"].as_u64()) {
+        let usage = match (
+            byte_count(&v["prompt_eval_count"]),
+            byte_count(&v["eval_count"]),
+        ) {
             (None, None) => None,
             (p, c) => Some(Usage {
                 prompt_tokens: p.unwrap_or(0),
@@ -102,10 +105,9 @@ fn parse_line(line: &str, text: impl Fn(&Value) -> Option<&str>) -> Result<Vec<E
         events.push(Event::Done(Done {
             finish,
             usage,
-            load_duration: v["load_duration"].as_u64().map(Duration::from_nanos),
             prompt_eval: match (
-                v["prompt_eval_count"].as_u64(),
-                v["prompt_eval_duration"].as_u64(),
+                byte_count(&v["prompt_eval_count"]),
+                byte_count(&v["prompt_eval_duration"]),
             ) {
                 (Some(tokens), Some(ns)) if tokens > 0 && ns > 0 => Some(PromptEval {
                     tokens,
@@ -113,6 +115,7 @@ fn parse_line(line: &str, text: impl Fn(&Value) -> Option<&str>) -> Result<Vec<E
                 }),
                 _ => None,
             },
+            load_duration: byte_count(&v["load_duration"]).map(Duration::from_nanos),
         }));
     }
     Ok(events)
@@ -121,6 +124,19 @@ fn parse_line(line: &str, text: impl Fn(&Value) -> Option<&str>) -> Result<Vec<E
 fn mb(bytes: Option<u64>) -> Option<u64> {
     bytes.map(|b| b / (1024 * 1024))
 }
+
+/// A byte count as a lying or odd server may send it: a whole number, a float (taken when
+/// finite and not negative), anything else (negative, a string, null) unknown.
+fn byte_count(v: &Value) -> Option<u64> {
+    v.as_u64().or_else(|| {
+        v.as_f64()
+            .filter(|f| f.is_finite() && *f >= 0.0)
+            .map(|f| f.min(u64::MAX as f64) as u64)
+    })
+}
+
+/// The longest context window believed (16M tokens); beyond, a server's figure is clamped.
+pub const MAX_CONTEXT_LENGTH: u64 = 1 << 24;
 
 pub(super) fn parse_tags(v: &Value) -> Vec<ModelEntry> {
     v["models"]
@@ -134,7 +150,7 @@ pub(super) fn parse_tags(v: &Value) -> Vec<ModelEntry> {
                             .as_str()
                             .or_else(|| m["model"].as_str())?
                             .to_string(),
-                        size_mb: mb(m["size"].as_u64()),
+                        size_mb: mb(byte_count(&m["size"])),
                     })
                 })
                 .collect()
@@ -149,13 +165,20 @@ pub(super) fn parse_ps(v: &Value) -> Vec<LoadedEntry> {
             models
                 .iter()
                 .filter_map(|m| {
+                    let size_mb = mb(byte_count(&m["size"])).unwrap_or(0);
+                    let vram_mb = mb(byte_count(&m["size_vram"])).unwrap_or(0);
                     Some(LoadedEntry {
                         name: m["name"]
                             .as_str()
                             .or_else(|| m["model"].as_str())?
                             .to_string(),
-                        size_mb: mb(m["size"].as_u64()).unwrap_or(0),
-                        vram_mb: mb(m["size_vram"].as_u64()).unwrap_or(0),
+                        // More in VRAM than the model's size is a lie: all of it is.
+                        vram_mb: if size_mb > 0 {
+                            vram_mb.min(size_mb)
+                        } else {
+                            vram_mb
+                        },
+                        size_mb,
                         expires_at: m["expires_at"].as_str().map(str::to_string),
                     })
                 })
@@ -186,7 +209,9 @@ pub(super) fn parse_show(v: &Value) -> ModelInfo {
         })
         .unwrap_or_default();
     ModelInfo {
-        context_length,
+        context_length: context_length
+            .filter(|n| *n > 0)
+            .map(|n| n.min(MAX_CONTEXT_LENGTH)),
         capabilities,
     }
 }

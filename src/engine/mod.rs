@@ -635,6 +635,17 @@ impl Engine {
         loop {
             match event {
                 Event::Delta(delta) => {
+                    if text.len() + delta.len() > MAX_ANSWER_BYTES {
+                        // A server that ignores max_tokens and streams without end must not
+                        // fill the memory; what came so far is kept.
+                        return Err(AttemptError::AfterFirstToken {
+                            error: format!(
+                                "the answer grew past {} MB: the server ignores max_tokens",
+                                MAX_ANSWER_BYTES / (1024 * 1024)
+                            ),
+                            usage,
+                        });
+                    }
                     text.push_str(&delta);
                     usage.completion_tokens += 1;
                     progress(Progress::Delta(&delta));
@@ -1038,6 +1049,8 @@ impl Engine {
         }
     }
 }
+/// The longest answer kept: 2048 tokens are ~10 KB of text; far beyond is a broken server.
+pub const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
 
 #[derive(Debug, Clone, Copy)]
 struct Limits {

@@ -40,7 +40,14 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        self.state.sync(request.method(), request.params());
+        // LSP: before `initialize` and after `shutdown`, notifications other than `exit` are
+        // dropped; text sync included (the framework refuses the requests itself).
+        match request.method() {
+            "initialize" => self.state.begin_session(),
+            "shutdown" => self.state.end_session(),
+            method if self.state.in_session() => self.state.sync(method, request.params()),
+            _ => {}
+        }
         self.inner.call(request)
     }
 }
@@ -68,6 +75,7 @@ pub async fn serve(sources: config::Sources) -> Result<bool, String> {
         "window/workDoneProgress/cancel",
         Server::work_done_progress_cancel,
     )
+    .custom_method("triage/document", Server::document)
     .custom_method("textDocument/inlineCompletion", Server::inline_completion)
     .finish();
     let service = Ordered {

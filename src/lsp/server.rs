@@ -70,6 +70,9 @@ pub struct State {
     /// button (`window/workDoneProgress/cancel`) stops them like `$/cancelRequest`.
     progress_cancels: Mutex<HashMap<String, tokio::sync::oneshot::Sender<()>>>,
     shutdown: AtomicBool,
+    /// Between `initialize` and `shutdown` (as the ordering layer saw them arrive): text sync
+    /// applies only then.
+    session: AtomicBool,
     client: std::sync::OnceLock<Client>,
     /// The running pre-warm of each intent kind; a new intent or `active: false` aborts it.
     prewarms: Mutex<HashMap<engine::IntentKind, tokio::task::JoinHandle<()>>>,
@@ -102,9 +105,12 @@ impl State {
         config: Config,
     ) -> Result<State, analyze::model::LoadError> {
         let client = backend::Client::new(Duration::from_secs(3));
-        let stats = engine::stats::default_path()
-            .map(|p| engine::Stats::load(&p))
+        let (stats, stats_problem) = engine::stats::default_path()
+            .map(|p| engine::Stats::load_checked(&p))
             .unwrap_or_default();
+        if let Some(problem) = &stats_problem {
+            tracing::warn!("{problem}");
+        }
         let analyzer = analyze::Analyzer::builtin()?;
         let monitor = Monitor::new(&config, client.clone());
         Ok(State {
@@ -119,10 +125,12 @@ impl State {
             at_work: Mutex::default(),
             status_poke: tokio::sync::watch::channel(0).0,
             warned: Mutex::default(),
-            sync_errors: Mutex::default(),
+            // Shown with the first text-sync report (after `initialized`).
+            sync_errors: Mutex::new(stats_problem.into_iter().collect()),
             work_done_progress: AtomicBool::new(false),
             progress_cancels: Mutex::default(),
             shutdown: AtomicBool::new(false),
+            session: AtomicBool::new(false),
             client: std::sync::OnceLock::new(),
             prewarms: Mutex::default(),
         })
@@ -188,6 +196,20 @@ impl State {
                 lock(&self.sync_errors).push(e);
             }
         }
+    }
+
+    pub(super) fn begin_session(&self) {
+        if !self.shutdown.load(Ordering::Relaxed) {
+            self.session.store(true, Ordering::Relaxed);
+        }
+    }
+
+    pub(super) fn end_session(&self) {
+        self.session.store(false, Ordering::Relaxed);
+    }
+
+    pub(super) fn in_session(&self) -> bool {
+        self.session.load(Ordering::Relaxed)
     }
 
     /// Whether `shutdown` came before the session ended.
@@ -675,6 +697,13 @@ struct IntentParams {
     range: Option<Range>,
 }
 
+/// Parameters of `triage/document`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DocumentParams {
+    pub text_document: TextDocumentIdentifier,
+}
+
 /// The argument of every `triage.*` command.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -871,7 +900,36 @@ impl Server {
         let engine = self.state.engine();
         let monitor = read(&self.state.monitor);
         let status = engine::status::gather(&engine, &monitor).await;
-        serde_json::to_value(status).map_err(|e| jsonrpc::Error::invalid_params(e.to_string()))
+        let mut value = serde_json::to_value(status)
+            .map_err(|e| jsonrpc::Error::invalid_params(e.to_string()))?;
+        if let Some(map) = value.as_object_mut() {
+            // The server's own load, for leak checks: tasks alive (the status loop and each
+            // request in progress), open documents.
+            let tasks = tokio::runtime::Handle::try_current()
+                .map(|h| h.metrics().num_alive_tasks())
+                .ok();
+            map.insert(
+                "process".to_string(),
+                json!({ "tasks": tasks, "documents": lock(&self.state.docs).len() }),
+            );
+        }
+        Ok(value)
+    }
+
+    /// `triage/document`: the server's copy of an open document (`null` when it is not open), so
+    /// that a client or a test can check that text sync kept it equal to the editor's.
+    pub async fn document(&self, params: DocumentParams) -> jsonrpc::Result<Value> {
+        let uri = params.text_document.uri;
+        let doc = lock(&self.state.docs).get(&uri).cloned();
+        Ok(match doc {
+            Some(d) => json!({
+                "uri": uri,
+                "version": d.version,
+                "languageId": d.language_id,
+                "text": d.text.to_string(),
+            }),
+            None => Value::Null,
+        })
     }
 
     pub async fn inline_completion(
@@ -958,7 +1016,12 @@ impl Server {
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match tokio::time::timeout(left, stream.next()).await {
-                    Ok(Some(Ok(backend::Event::Delta(d)))) => text.push_str(&d),
+                    Ok(Some(Ok(backend::Event::Delta(d)))) => {
+                        if text.len() + d.len() > engine::MAX_ANSWER_BYTES {
+                            return None;
+                        }
+                        text.push_str(&d)
+                    }
                     Ok(Some(Ok(backend::Event::Done(_)))) => return Some(text),
                     _ => return (!text.is_empty()).then_some(text),
                 }
@@ -1092,6 +1155,8 @@ impl LanguageServer for Server {
     async fn initialized(&self, _: InitializedParams) {
         let task = tokio::spawn(Server::status_loop(self.state.clone(), self.client.clone()));
         lock(&self.tasks).push(task);
+        // A corrupt statistics file, found at start-up.
+        self.report_sync_errors().await;
     }
 
     async fn shutdown(&self) -> jsonrpc::Result<()> {

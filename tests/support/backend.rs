@@ -56,6 +56,25 @@ pub enum Fault {
     Length,
     /// The first token comes after `ms`, and the final chunk reports it as `load_duration`.
     ColdLoad { ms: u64 },
+    /// A first token, then one line of `mb` MB without a newline (sent in 64 KB pieces).
+    HugeLine { mb: usize },
+    /// Deltas of 64 KB without end, as fast as the client reads (a server ignoring max_tokens).
+    Flood,
+    /// HTTP 200 with an HTML page instead of a stream.
+    Html,
+    /// Tokens as usual, then a final chunk claiming an absurd load time and token counts.
+    LyingDone,
+}
+
+/// What a lying server answers on a metadata path (`/api/ps`, `/api/tags`, `/api/show`,
+/// `/api/version`, `/v1/models`) instead of the truth.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Lie {
+    /// This JSON body.
+    Json { body: Value },
+    /// `len` bytes (`[` repeated: never valid JSON) with this content type.
+    Bytes { len: usize, content_type: String },
 }
 
 /// One request the server received.
@@ -78,6 +97,20 @@ pub struct Recorded {
     pub preload: bool,
     /// What the GPU simulator made of it.
     pub sim: Option<SimOutcome>,
+    /// When the request arrived and when its answer ended (completed, failed, or the client's
+    /// leaving noticed), in ms since the backend started.
+    pub started_ms: f64,
+    pub ended_ms: Option<f64>,
+}
+
+/// The backend's clock: ms since the first use.
+fn now_ms() -> f64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_secs_f64()
+        * 1000.0
 }
 
 #[derive(Default)]
@@ -86,6 +119,7 @@ struct Shared {
     requests: Vec<Recorded>,
     loaded: Vec<Value>,
     sim: Option<Sim>,
+    lies: HashMap<String, Lie>,
     /// Answers in progress per model, and the most seen at once.
     active: HashMap<String, usize>,
     peak: HashMap<String, usize>,
@@ -95,6 +129,7 @@ struct Shared {
 struct Active {
     state: AppState,
     model: String,
+    index: Option<usize>,
 }
 
 impl Active {
@@ -109,15 +144,20 @@ impl Active {
         Active {
             state: state.clone(),
             model: model.to_string(),
+            index: None,
         }
     }
 }
 
 impl Drop for Active {
     fn drop(&mut self) {
+        let index = self.index;
         self.state.with(|s| {
             if let Some(n) = s.active.get_mut(&self.model) {
                 *n = n.saturating_sub(1);
+            }
+            if let Some(r) = index.and_then(|i| s.requests.get_mut(i)) {
+                r.ended_ms = Some(now_ms());
             }
         });
     }
@@ -151,10 +191,16 @@ impl TestBackend {
     }
 
     pub fn start_on(address: &str) -> TestBackend {
+        Self::try_start_on(address).expect("bind loopback")
+    }
+
+    /// As `start_on`, with an error when the address cannot be bound (a soak bringing a
+    /// backend back on its old port).
+    pub fn try_start_on(address: &str) -> std::io::Result<TestBackend> {
         let state = AppState::default();
-        let listener = std::net::TcpListener::bind(address).expect("bind loopback");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let addr = listener.local_addr().expect("local addr");
+        let listener = std::net::TcpListener::bind(address)?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let app_state = state.clone();
         let thread = std::thread::spawn(move || {
@@ -181,17 +227,22 @@ impl TestBackend {
             // Streams still hanging on purpose must not keep the thread alive.
             runtime.shutdown_timeout(Duration::from_millis(100));
         });
-        TestBackend {
+        Ok(TestBackend {
             addr,
             state,
             shutdown: Some(tx),
             thread: Some(thread),
-        }
+        })
     }
 
     /// `http://127.0.0.1:PORT`
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Answers `path` with `lie` from now on.
+    pub fn lie(&self, path: &str, lie: Lie) {
+        self.state.with(|s| s.lies.insert(path.to_string(), lie));
     }
 
     pub fn set_fault(&self, model: &str, fault: Fault) {
@@ -244,6 +295,44 @@ impl TestBackend {
             .with(|s| s.sim.as_ref().map(|sim| sim.counts.clone()))
     }
 
+    /// The most answers to `model` that overlapped, where a stream the client left counts
+    /// only until `grace_ms` before the server noticed (the server learns of a closed
+    /// connection a moment after the client closed it, and the client's next request can
+    /// arrive in between).
+    pub fn peak_overlap(&self, model: &str, grace_ms: f64) -> usize {
+        let spans: Vec<(f64, f64)> = self
+            .requests()
+            .iter()
+            .filter(|r| r.model == model)
+            .map(|r| {
+                let end = r.ended_ms.unwrap_or(f64::MAX);
+                let end = if r.closed_early { end - grace_ms } else { end };
+                (r.started_ms, end)
+            })
+            .collect();
+        spans
+            .iter()
+            .map(|(t, _)| spans.iter().filter(|(s, e)| s <= t && t < e).count())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The most answers to `model` that overlapped among those sent to the end (the client
+    /// read each of them whole, so it really had them all open at once).
+    pub fn peak_overlap_completed(&self, model: &str) -> usize {
+        let spans: Vec<(f64, f64)> = self
+            .requests()
+            .iter()
+            .filter(|r| r.model == model && r.completed)
+            .map(|r| (r.started_ms, r.ended_ms.unwrap_or(f64::MAX)))
+            .collect();
+        spans
+            .iter()
+            .map(|(t, _)| spans.iter().filter(|(s, e)| s <= t && t < e).count())
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Answers to `model` in progress now, and the most there were at once.
     pub fn load(&self, model: &str) -> (usize, usize) {
         self.state.with(|s| {
@@ -286,7 +375,10 @@ fn router(state: AppState) -> Router {
         .route("/api/ps", get(ollama_ps))
         .route(
             "/api/version",
-            get(|| async { Json(json!({"version": "0.0.0-test"})) }),
+            get(|State(state): State<AppState>| async move {
+                lie_for(&state, "/api/version")
+                    .unwrap_or_else(|| Json(json!({"version": "0.0.0-test"})).into_response())
+            }),
         )
         .route("/api/show", post(ollama_show))
         .route("/v1/chat/completions", post(openai_chat))
@@ -444,6 +536,8 @@ fn record(state: &AppState, path: &str, headers: &HeaderMap, body: &Value) -> (u
             .map(str::to_string),
         text: text_of(body),
         closed_early: false,
+        started_ms: now_ms(),
+        ended_ms: None,
         completed: false,
         preload: is_preload(path, body),
         sim: None,
@@ -493,6 +587,18 @@ async fn openai_chat(
         Dialect::Openai,
     )
     .await
+}
+
+/// `echo:ID` from the prompt: answered as a last token ` echo:ID`, so that a load test can
+/// check that each answer belongs to its request.
+fn echo_of(text: &str) -> Option<String> {
+    let at = text.rfind("echo:")?;
+    let id: String = text[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '-' | '_'))
+        .take(64)
+        .collect();
+    Some(id)
 }
 
 /// The words of every answer: `Hello from MODEL, this is a test answer.`
@@ -594,7 +700,9 @@ async fn answer(
     if preload {
         return preload_answer(state, index, model, fault);
     }
-    let active = Active::new(&state, &model);
+    let mut active = Active::new(&state, &model);
+    active.index = Some(index);
+    let text = text_of(&body);
     match fault {
         Fault::Status { code } => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -611,6 +719,13 @@ async fn answer(
             // Bounded, so a broken test cannot hang forever.
             tokio::time::sleep(Duration::from_secs(120)).await;
         }
+        Fault::Html => {
+            return Response::builder()
+                .status(StatusCode::OK)
+                .header("content-type", "text/html")
+                .body(Body::from("<html><body>Welcome to nginx!</body></html>\n"))
+                .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+        }
         _ => {}
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
@@ -626,7 +741,10 @@ async fn answer(
             Fault::Trickle { ms, tokens } => (*tokens, Some(*ms)),
             _ => (10, None),
         };
-        let tokens = tokens_for(&model, count);
+        let mut tokens = tokens_for(&model, count);
+        if let Some(echo) = echo_of(&text) {
+            tokens.push(format!(" {echo}"));
+        }
         let limit = match &fault {
             Fault::StallAfter { tokens }
             | Fault::Malformed { after: tokens }
@@ -637,9 +755,43 @@ async fn answer(
         if let Fault::ColdLoad { ms } = fault {
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
+        match fault {
+            Fault::HugeLine { mb } => {
+                let _ = send(chunk(dialect, &model, "Hello")).await;
+                let piece = "x".repeat(65_536);
+                for _ in 0..mb * 16 {
+                    if !send(piece.clone()).await {
+                        closed(&task_state);
+                        return;
+                    }
+                }
+                let _ = send("\n".to_string()).await;
+                return;
+            }
+            Fault::Flood => {
+                let big = "y".repeat(65_536);
+                // Bounded (1 GB), so a broken client cannot keep a test busy forever.
+                for _ in 0..16_384 {
+                    if !send(chunk(dialect, &model, &big)).await {
+                        closed(&task_state);
+                        return;
+                    }
+                }
+                return;
+            }
+            _ => {}
+        }
         for token in tokens.iter().take(limit) {
             if let Some(ms) = delay.filter(|ms| *ms > 0) {
-                tokio::time::sleep(Duration::from_millis(ms)).await;
+                // A client that leaves between two tokens is noticed at once, as a real server
+                // notices a closed connection, not only at the next write.
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
+                    _ = tx.closed() => {
+                        closed(&task_state);
+                        return;
+                    }
+                }
             }
             if !send(chunk(dialect, &model, token)).await {
                 closed(&task_state);
@@ -678,6 +830,20 @@ async fn answer(
             }
             _ => {}
         }
+        if fault == Fault::LyingDone {
+            let done = match dialect {
+                Dialect::Openai => "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":-5,\"completion_tokens\":1e300}}\n\ndata: [DONE]\n\n".to_string(),
+                _ => format!(
+                    "{}\n",
+                    json!({"model": model, "done": true, "done_reason": "stop", "message": {"role": "assistant", "content": ""},
+                           "load_duration": u64::MAX, "prompt_eval_count": -5, "eval_count": 1e300})
+                ),
+            };
+            if send(done).await {
+                task_state.with(|x| x.requests[index].completed = true);
+            }
+            return;
+        }
         let load_ms = match fault {
             Fault::ColdLoad { ms } => ms,
             _ => 0,
@@ -706,6 +872,24 @@ async fn answer(
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
+/// The lie set for `path`, as a response.
+fn lie_for(state: &AppState, path: &str) -> Option<Response> {
+    let lie = state.with(|s| s.lies.get(path).cloned())?;
+    Some(match lie {
+        Lie::Json { body } => Json(body).into_response(),
+        Lie::Bytes { len, content_type } => {
+            let chunks = futures::stream::iter((0..len.div_ceil(65_536)).map(move |i| {
+                Ok::<_, std::io::Error>(Bytes::from(vec![b'['; (len - i * 65_536).min(65_536)]))
+            }));
+            Response::builder()
+                .status(StatusCode::OK)
+                .header("content-type", content_type)
+                .body(Body::from_stream(chunks))
+                .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+        }
+    })
+}
+
 fn known_models(state: &AppState) -> Vec<String> {
     let mut models: Vec<String> = ["llama3.2:3b", "qwen3-coder:30b", "llama3.1:70b"]
         .iter()
@@ -722,22 +906,32 @@ fn known_models(state: &AppState) -> Vec<String> {
     models
 }
 
-async fn ollama_tags(State(state): State<AppState>) -> Json<Value> {
+async fn ollama_tags(State(state): State<AppState>) -> Response {
+    if let Some(lie) = lie_for(&state, "/api/tags") {
+        return lie;
+    }
     let models: Vec<Value> = known_models(&state)
         .iter()
         .map(|m| json!({"name": m, "model": m, "size": 2_000_000_000u64}))
         .collect();
-    Json(json!({ "models": models }))
+    Json(json!({ "models": models })).into_response()
 }
 
-async fn ollama_ps(State(state): State<AppState>) -> Json<Value> {
+async fn ollama_ps(State(state): State<AppState>) -> Response {
+    if let Some(lie) = lie_for(&state, "/api/ps") {
+        return lie;
+    }
     Json(json!({ "models": state.with(|s| match &s.sim {
         Some(sim) => sim.ps(),
         None => s.loaded.clone(),
     }) }))
+    .into_response()
 }
 
 async fn ollama_show(State(state): State<AppState>, Json(body): Json<Value>) -> Response {
+    if let Some(lie) = lie_for(&state, "/api/show") {
+        return lie;
+    }
     let model = body["model"].as_str().unwrap_or("");
     if state.with(|s| s.faults.get(model) == Some(&Fault::NotFound)) {
         return (
@@ -753,12 +947,15 @@ async fn ollama_show(State(state): State<AppState>, Json(body): Json<Value>) -> 
     .into_response()
 }
 
-async fn openai_models(State(state): State<AppState>) -> Json<Value> {
+async fn openai_models(State(state): State<AppState>) -> Response {
+    if let Some(lie) = lie_for(&state, "/v1/models") {
+        return lie;
+    }
     let data: Vec<Value> = known_models(&state)
         .iter()
         .map(|m| json!({"id": m, "object": "model"}))
         .collect();
-    Json(json!({"object": "list", "data": data}))
+    Json(json!({"object": "list", "data": data})).into_response()
 }
 
 // -------------------------------------------------------------------------------------------

@@ -4,6 +4,9 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod fuzz;
+pub mod load;
+pub mod lsp;
 
 use std::io::Write;
 use std::path::PathBuf;
