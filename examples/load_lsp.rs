@@ -2,7 +2,8 @@
 //! BENCHMARKS.md).
 //!
 //! `cargo run --example load_lsp -- [--streams 200] [--max-concurrent 8] [--soak-s 600]
-//! [--cancel 0.2] [--seed N] [--token-ms 5] [--bin target/debug/triage] [--verbose]`
+//! [--cancel 0.2] [--seed N] [--token-ms 5] [--settle-s 3] [--bin target/debug/triage]
+//! [--verbose]`
 //!
 //! Without `--soak-s`: one burst of `--streams` concurrent `triage/chat` streams mixed with
 //! edits and cancels. With it: `--streams` kept in flight for that long while faults (HTTP
@@ -28,6 +29,7 @@ fn main() {
         cancel_share: 0.2,
         seed: 1,
         token_ms: 5,
+        settle: Duration::from_secs(3),
         verbose: false,
     };
     let mut args = std::env::args().skip(1);
@@ -42,6 +44,7 @@ fn main() {
             "--cancel" => options.cancel_share = value().parse().unwrap_or(options.cancel_share),
             "--seed" => options.seed = value().parse().unwrap_or(options.seed),
             "--token-ms" => options.token_ms = value().parse().unwrap_or(options.token_ms),
+            "--settle-s" => options.settle = Duration::from_secs(value().parse().unwrap_or(3)),
             "--bin" => options.binary = PathBuf::from(value()),
             "--verbose" => options.verbose = true,
             other => {

@@ -17,6 +17,7 @@ fn options(streams: usize, max_concurrent: usize) -> load::Options {
         cancel_share: 0.2,
         seed: 42,
         token_ms: 5,
+        settle: Duration::from_secs(3),
         verbose: false,
     }
 }

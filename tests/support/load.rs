@@ -44,6 +44,9 @@ pub struct Options {
     pub seed: u64,
     /// Trickle delay per token in the backend, ms.
     pub token_ms: u64,
+    /// How long to wait after the last answer before the final sample (idle pooled
+    /// connections close after 90 s).
+    pub settle: Duration,
     pub verbose: bool,
 }
 
@@ -142,7 +145,11 @@ fn tasks(lsp: &mut Lsp) -> Option<u64> {
         .and_then(|r| r["result"]["process"]["tasks"].as_u64())
 }
 
+/// With `with_tasks`, the status call comes first: it uses the connection pool, which is when
+/// the pool closes connections idle past their timeout (90 s); counted after it, descriptors
+/// and connections are what the process really holds on to.
 fn sample(lsp: &mut Lsp, port: u16, started: Instant, with_tasks: bool) -> Sample {
+    let tasks = if with_tasks { tasks(lsp) } else { None };
     let (fds, sockets) = lsp.fds().unwrap_or((0, 0));
     Sample {
         at_s: started.elapsed().as_secs_f64(),
@@ -150,7 +157,7 @@ fn sample(lsp: &mut Lsp, port: u16, started: Instant, with_tasks: bool) -> Sampl
         fds,
         sockets,
         backend_connections: connections_to(port),
-        tasks: if with_tasks { tasks(lsp) } else { None },
+        tasks,
     }
 }
 
@@ -609,8 +616,18 @@ pub fn run(o: &Options) -> Report {
     for (_, model) in MODELS {
         primary.set_fault(model, trickle.clone());
     }
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(o.settle);
     report.after = sample(&mut lsp, port, started, true);
+    if o.verbose {
+        if let Ok(entries) = std::fs::read_dir(format!("/proc/{}/fd", lsp.pid())) {
+            let links: Vec<String> = entries
+                .flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(|l| l.display().to_string())
+                .collect();
+            eprintln!("descriptors after: {links:?}");
+        }
+    }
     report.peak_rss_kb = report.peak_rss_kb.max(report.after.rss_kb);
     // After the first minute: the allocator's and the pool's warm-up are not a leak.
     let settled: Vec<Sample> = report
