@@ -409,11 +409,15 @@ impl Server {
                     result = &mut run => break result,
                     _ = tick.tick() => {
                         let (model, answering) = lock(&current).clone();
-                        if !answering && !model.is_empty() {
-                            if let Some(token) = &progress {
-                                let message = format!("Loading {model}… {} s", started.elapsed().as_secs());
-                                send_progress(&self.client, token, json!({"kind": "report", "message": message})).await;
-                            }
+                        if let (false, Some(token)) = (answering, &progress) {
+                            // No model asked yet after a second: the request waits in a queue
+                            // (every candidate is at its concurrency limit).
+                            let message = if model.is_empty() {
+                                format!("Waiting for a free model (all busy)… {} s", started.elapsed().as_secs())
+                            } else {
+                                format!("Loading {model}… {} s", started.elapsed().as_secs())
+                            };
+                            send_progress(&self.client, token, json!({"kind": "report", "message": message})).await;
                         }
                     }
                 }

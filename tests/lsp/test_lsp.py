@@ -1165,7 +1165,9 @@ async def test_busy_model_queues_refuses_past_the_queue_and_a_cancelled_wait_lea
     backend.set_fault(FAST, {"kind": "trickle", "ms": 100, "tokens": 300})
     running = client.request("triage/chat", {"prompt": "first", "tier": "fast"}, msg_id="running")
     await backend.wait_for(lambda rs: len(rs) == 1, timeout=3, what="the running request")
-    queued = client.request("triage/chat", {"prompt": "second", "tier": "fast"}, msg_id="queued")
+    queued = client.request(
+        "triage/chat", {"prompt": "second", "tier": "fast", "workDoneToken": "waiting"},
+        msg_id="queued")
 
     async def queue_depth():
         return fast_load(await client.request("triage/status", None))["queued"] == 1
@@ -1181,6 +1183,11 @@ async def test_busy_model_queues_refuses_past_the_queue_and_a_cancelled_wait_lea
     assert error.value.code == -32803  # RequestFailed
     assert "busy" in error.value.message and "queue_len" in error.value.message
     assert error.value.data["busy"] is True and error.value.data["retry_after_s"] == 30
+    # The queued request says that it waits.
+    await eventually(
+        lambda: any("Waiting for a free model" in v.get("message", "")
+                    for v in client.progress_values.get("waiting", [])),
+        timeout=3, what="a 'waiting' progress report")
     # Cancelling the queued request takes it out of the queue at once; it never reached the model.
     client.cancel("queued")
     with pytest.raises(JsonRpcException) as error:
