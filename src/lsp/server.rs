@@ -559,6 +559,8 @@ impl Server {
                     "name": m.name, "endpoint": m.endpoint, "size_mb": m.size_mb, "vram_mb": m.vram_mb, "expires_at": m.expires_at,
                 })).collect::<Vec<_>>(),
                 "working": lock(&state.at_work).first().cloned(),
+                // Requests waiting for a model at its concurrency limit (read each tick).
+                "queued": engine.loads().iter().map(|l| l.queued).sum::<usize>(),
             });
             if last.as_ref() != Some(&payload) {
                 client

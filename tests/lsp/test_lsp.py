@@ -1173,6 +1173,9 @@ async def test_busy_model_queues_refuses_past_the_queue_and_a_cancelled_wait_lea
         return fast_load(await client.request("triage/status", None))["queued"] == 1
 
     await eventually(queue_depth, timeout=3, what="one request in the queue")
+    await eventually(
+        lambda: client.status_notifications and client.status_notifications[-1][1].get("queued") == 1,
+        timeout=4, what="a status notification with queued = 1")
     load = fast_load(await bounded(client.request("triage/status", None)))
     assert (load["running"], load["queued"], load["max_concurrent"]) == (1, 1, 1)
     # Past the queue: refused at once, with a clear error a client can act on.
