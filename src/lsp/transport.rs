@@ -712,4 +712,70 @@ Content-Type: application/vscode-jsonrpc; charset=utf-8\r\ncontent-length: 3\r\n
             assert!(parse(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
     }
+
+    /// Property (seeded, in-process): in any stream of valid frames mixed with broken ones (no
+    /// length, a bad length, a header line over the limit, garbage before a header), every
+    /// valid frame is read, in order, and nothing panics; `parse` never panics on any body.
+    #[tokio::test]
+    async fn random_streams_of_good_and_broken_frames_resynchronise() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for round in 0..300 {
+            let mut bytes = Vec::new();
+            let mut expected = Vec::new();
+            for i in 0..rng.usize(1..25) {
+                match rng.u32(0..7) {
+                    0 => bytes.extend_from_slice(b"Content-Type: x\r\n\r\n{\"a\":1}"),
+                    1 => {
+                        let length = ["abc", "-1", "", "99999999999999999999999"][rng.usize(..4)];
+                        bytes.extend_from_slice(
+                            format!("Content-Length: {length}\r\n\r\n").as_bytes(),
+                        );
+                        bytes.extend_from_slice(b"{\"b\":2}");
+                    }
+                    2 => {
+                        let junk = "j".repeat(rng.usize(8_200..20_000));
+                        bytes.extend_from_slice(format!("X-Junk: {junk}\r\n").as_bytes());
+                    }
+                    3 => bytes.extend(
+                        (0..rng.usize(0..500))
+                            .map(|_| rng.u8(..))
+                            .filter(|b| *b != b'\n' && *b != b'\r'),
+                    ),
+                    _ => {
+                        let body = json!({"jsonrpc": "2.0", "id": i, "method": "m"}).to_string();
+                        let header = if rng.bool() {
+                            "Content-Length"
+                        } else {
+                            "content-length"
+                        };
+                        let end = if rng.bool() { "\r\n\r\n" } else { "\n\n" };
+                        bytes.extend_from_slice(
+                            format!("{header}: {}{end}{body}", body.len()).as_bytes(),
+                        );
+                        expected.push(i as i64);
+                    }
+                }
+            }
+            let mut input = tokio::io::BufReader::new(&bytes[..]);
+            let mut seen = Vec::new();
+            loop {
+                match read_frame(&mut input).await {
+                    Frame::End => break,
+                    Frame::Skip(_) => {}
+                    Frame::Body(body) => {
+                        if let Ok(Incoming::Request(r)) = parse(&body) {
+                            if let Some(tower_lsp_server::jsonrpc::Id::Number(n)) = r.id() {
+                                seen.push(*n);
+                            }
+                        }
+                    }
+                }
+            }
+            assert_eq!(seen, expected, "round {round}");
+        }
+        for _ in 0..20_000 {
+            let body: Vec<u8> = (0..rng.usize(0..64)).map(|_| rng.u8(..)).collect();
+            let _ = parse(&body);
+        }
+    }
 }
