@@ -74,6 +74,18 @@ pub enum Command {
     Eval(EvalArgs),
     /// Rebuild the router's model from labelled data (for developers of triage).
     Train(TrainArgs),
+    /// Serve Ollama- and OpenAI-compatible HTTP endpoints with the model `auto`.
+    Gateway(GatewayArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    /// Address to listen on (IP:PORT). Anything but loopback needs --token-env.
+    #[arg(long, value_name = "IP:PORT", default_value = crate::gateway::DEFAULT_LISTEN)]
+    pub listen: String,
+    /// Name of the environment variable holding the bearer token every request must carry.
+    #[arg(long, value_name = "NAME")]
+    pub token_env: Option<String>,
 }
 
 /// Simulated GPU state, overriding what the monitor would read.
@@ -285,7 +297,36 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             eval_command(&config, args)
         }
         Command::Train(args) => train_command(args),
+        Command::Gateway(args) => {
+            let config = load_config(cli.config)?;
+            gateway_command(config, args)
+        }
     }
+}
+
+fn gateway_command(config: Config, args: GatewayArgs) -> Result<(), Failure> {
+    let options = crate::gateway::options(&args.listen, args.token_env.as_deref(), |name| {
+        std::env::var(name).ok()
+    })
+    .map_err(usage)?;
+    let (engine, _) = engine(config)?;
+    let token_env = options.token_env.clone();
+    server_runtime()?
+        .block_on(crate::gateway::serve(engine, options, |addr| {
+            // The address goes to stdout (a script may have asked for port 0); the rest is
+            // for the person starting it.
+            print_line(&format!("triage gateway listening on http://{addr}"));
+            match (&token_env, addr.ip().is_loopback()) {
+                (Some(name), true) => eprintln!(
+                    "triage: loopback only; every request needs the bearer token from ${name}"
+                ),
+                (Some(name), false) => eprintln!(
+                    "triage: listening on {addr}, NOT loopback: reachable from the network; every request needs the bearer token from ${name}"
+                ),
+                (None, _) => eprintln!("triage: loopback only, no token required"),
+            }
+        }))
+        .map_err(Failure::Request)
 }
 
 fn load_config(explicit: Option<PathBuf>) -> Result<Config, Failure> {
@@ -861,6 +902,7 @@ fn ask_command(config: Config, args: AskArgs) -> Result<(), Failure> {
         budget_s: args.request.budget_s()?,
         urgency: engine::Urgency::Typed,
         cascade: args.request.cascade()?,
+        conversation: None,
     };
     let simulated = if args.request.gpu.given() {
         Some(args.request.gpu.snapshot(&config)?)

@@ -95,6 +95,52 @@ pub fn assemble(query: &Query, analysis: &Analysis, budget: Budget) -> Prompt {
     }
 }
 
+/// A whole conversation from an HTTP client (the gateway), sent as the client wrote it: secrets
+/// redacted in every message, the oldest turns after the system messages dropped until it fits
+/// the window (the last message is cut, head and tail kept, if it alone is too long).
+pub fn conversation(messages: &[Message], budget: Budget) -> Prompt {
+    let mut redacted = 0;
+    let mut messages: Vec<Message> = messages
+        .iter()
+        .map(|m| Message {
+            role: m.role,
+            content: redact(&m.content, &mut redacted),
+        })
+        .collect();
+    let limit = budget.prompt_tokens();
+    // Each message costs a few tokens of framing besides its text.
+    let cost = |m: &Message| count(&m.content) + 4;
+    let mut tokens: usize = messages.iter().map(cost).sum();
+    let mut cut = false;
+    while tokens > limit {
+        let oldest_turn = messages.iter().position(|m| m.role != Role::System);
+        match oldest_turn {
+            Some(i) if i + 1 < messages.len() => {
+                tokens -= cost(&messages[i]);
+                messages.remove(i);
+                cut = true;
+            }
+            _ => break,
+        }
+    }
+    if tokens > limit {
+        if let Some(last) = messages.last_mut() {
+            let others = tokens - cost(last);
+            last.content = fit(&last.content, limit.saturating_sub(others + 4));
+            tokens = others + cost(last);
+            cut = true;
+        }
+    }
+    Prompt {
+        messages,
+        report: Report {
+            tokens,
+            cut,
+            redacted,
+        },
+    }
+}
+
 fn count(text: &str) -> usize {
     tokens::count(text).tokens
 }
@@ -250,6 +296,50 @@ mod tests {
             .expect("model")
             .analyze(query)
             .expect("valid")
+    }
+
+    #[test]
+    fn conversations_are_redacted_and_fitted_oldest_turn_first() {
+        let message = |role, content: &str| Message {
+            role,
+            content: content.to_string(),
+        };
+        let long = "word ".repeat(2000);
+        let messages = vec![
+            message(Role::System, "be brief"),
+            message(Role::User, &long),
+            message(Role::Assistant, &long),
+            message(Role::User, "and my key is AKIAIOSFODNN7EXAMPLE?"),
+        ];
+        let budget = Budget {
+            context_window: 4096,
+            answer: 512,
+        };
+        let prompt = conversation(&messages, budget);
+        assert!(prompt.report.cut);
+        assert_eq!(prompt.report.redacted, 1);
+        let roles = |p: &Prompt| p.messages.iter().map(|m| m.role).collect::<Vec<_>>();
+        assert_eq!(roles(&prompt), [Role::System, Role::Assistant, Role::User]);
+        let smaller = Budget {
+            context_window: 2048,
+            answer: 512,
+        };
+        let prompt = conversation(&messages, smaller);
+        assert_eq!(roles(&prompt), [Role::System, Role::User]);
+        assert!(prompt.report.tokens <= smaller.prompt_tokens());
+        assert_eq!(
+            prompt.messages[1].content,
+            "and my key is [redacted AWS access key]?"
+        );
+
+        // A single message over the window is cut, head and tail kept.
+        let alone = conversation(&[message(Role::User, &"line\n".repeat(20_000))], budget);
+        assert!(alone.report.cut);
+        assert!(alone.messages[0].content.contains("lines cut to fit"));
+
+        let small = conversation(&messages[..1], budget);
+        assert!(!small.report.cut);
+        assert_eq!(small.messages, messages[..1]);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! The flow of one request, one module per stage (see ARCHITECTURE.md):
 //! `analyze` (what is asked) → `route` (which model, given `vram` and `config`) → `context`
 //! (the prompt) → `backend` (the model server), run end to end by `engine`.
-//! `eval` scores routing on labelled data; `cli` is the command line.
+//! `eval` scores routing on labelled data; `cli` is the command line; `lsp` and `gateway` are
+//! the front ends (editors, HTTP clients).
 
 pub mod analyze;
 pub mod backend;
@@ -13,6 +14,7 @@ pub mod config;
 pub mod context;
 pub mod engine;
 pub mod eval;
+pub mod gateway;
 pub mod lsp;
 pub mod route;
 pub mod vram;

@@ -43,6 +43,29 @@ pub struct ChatRequest {
     pub num_ctx: Option<u32>,
     /// Most tokens to generate.
     pub max_tokens: Option<u32>,
+    /// Sampling settings a client asked for (the gateway passes them through); empty otherwise.
+    pub sampling: Sampling,
+}
+
+/// Sampling settings, in the dialect-neutral form both wire formats are written from.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sampling {
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    /// Ollama only (OpenAI-compatible servers have no such field in the API).
+    pub top_k: Option<u32>,
+    pub seed: Option<i64>,
+    pub stop: Vec<String>,
+    pub format: Option<Format>,
+}
+
+/// A constrained answer format.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Format {
+    /// Any JSON value (Ollama `format: "json"`, OpenAI `response_format: json_object`).
+    Json,
+    /// JSON following this JSON Schema.
+    Schema(serde_json::Value),
 }
 
 /// Fill-in-the-middle: text before and after the cursor (Ollama `/api/generate` with `suffix`).

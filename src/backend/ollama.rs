@@ -6,13 +6,40 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::{
-    ChatRequest, Done, Event, FimRequest, Finish, LoadedEntry, ModelEntry, ModelInfo, ParseError,
-    PromptEval, Usage,
+    ChatRequest, Done, Event, FimRequest, Finish, Format, LoadedEntry, ModelEntry, ModelInfo,
+    ParseError, PromptEval, Sampling, Usage,
 };
 
 pub(super) fn chat_body(r: &ChatRequest) -> Value {
     let body = json!({ "model": r.model, "messages": r.messages });
-    with_settings(body, r.keep_alive.as_deref(), r.num_ctx, r.max_tokens)
+    let mut body = with_settings(body, r.keep_alive.as_deref(), r.num_ctx, r.max_tokens);
+    with_sampling(&mut body, &r.sampling);
+    body
+}
+
+/// A client's sampling settings go into `options`, the format beside them.
+fn with_sampling(body: &mut Value, s: &Sampling) {
+    let options = &mut body["options"];
+    if let Some(t) = s.temperature {
+        options["temperature"] = json!(t);
+    }
+    if let Some(p) = s.top_p {
+        options["top_p"] = json!(p);
+    }
+    if let Some(k) = s.top_k {
+        options["top_k"] = json!(k);
+    }
+    if let Some(seed) = s.seed {
+        options["seed"] = json!(seed);
+    }
+    if !s.stop.is_empty() {
+        options["stop"] = json!(s.stop);
+    }
+    match &s.format {
+        Some(Format::Json) => body["format"] = json!("json"),
+        Some(Format::Schema(schema)) => body["format"] = schema.clone(),
+        None => {}
+    }
 }
 
 pub(super) fn generate_body(r: &FimRequest) -> Value {
@@ -228,8 +255,17 @@ mod tests {
             keep_alive: Some("-1".into()),
             num_ctx: Some(8192),
             max_tokens: Some(100),
+            sampling: Sampling {
+                temperature: Some(0.2),
+                stop: vec!["\n\n".into()],
+                format: Some(Format::Json),
+                ..Sampling::default()
+            },
         };
         let b = chat_body(&r);
+        assert_eq!(b["options"]["temperature"], 0.2);
+        assert_eq!(b["options"]["stop"], json!(["\n\n"]));
+        assert_eq!(b["format"], "json");
         assert_eq!(b["keep_alive"], json!(-1));
         assert_eq!(b["options"]["num_ctx"], 8192);
         assert_eq!(b["options"]["num_predict"], 100);

@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use super::{ChatRequest, Done, Event, Finish, ModelEntry, ParseError, Usage};
+use super::{ChatRequest, Done, Event, Finish, Format, ModelEntry, ParseError, Usage};
 
 pub(super) fn chat_body(r: &ChatRequest) -> Value {
     let mut body = json!({
@@ -13,6 +13,27 @@ pub(super) fn chat_body(r: &ChatRequest) -> Value {
     });
     if let Some(n) = r.max_tokens {
         body["max_tokens"] = json!(n);
+    }
+    let s = &r.sampling;
+    if let Some(t) = s.temperature {
+        body["temperature"] = json!(t);
+    }
+    if let Some(p) = s.top_p {
+        body["top_p"] = json!(p);
+    }
+    if let Some(seed) = s.seed {
+        body["seed"] = json!(seed);
+    }
+    if !s.stop.is_empty() {
+        body["stop"] = json!(s.stop);
+    }
+    match &s.format {
+        Some(Format::Json) => body["response_format"] = json!({"type": "json_object"}),
+        Some(Format::Schema(schema)) => {
+            body["response_format"] = json!({"type": "json_schema",
+                "json_schema": {"name": "answer", "schema": schema}})
+        }
+        None => {}
     }
     body
 }
@@ -166,9 +187,19 @@ mod tests {
             keep_alive: None,
             num_ctx: None,
             max_tokens: Some(32),
+            sampling: super::super::Sampling {
+                seed: Some(7),
+                format: Some(Format::Schema(json!({"type": "object"}))),
+                ..Default::default()
+            },
         };
         let b = chat_body(&r);
         assert_eq!(b["max_tokens"], 32);
+        assert_eq!(b["seed"], 7);
+        assert_eq!(
+            b["response_format"]["json_schema"]["schema"]["type"],
+            "object"
+        );
         assert_eq!(b["stream_options"]["include_usage"], true);
     }
 }

@@ -28,7 +28,7 @@ use serde_json::json;
 use tracing::{debug, info, warn};
 
 use crate::analyze::{Action, Analysis, Analyzer, Query};
-use crate::backend::{self, ChatRequest, Event, Finish, Target, Usage};
+use crate::backend::{self, ChatRequest, Event, Finish, Message, Sampling, Target, Usage};
 use crate::config::{CascadeMode, Config, Tier, TierConfig};
 use crate::context::{self, Budget};
 use crate::route::{self, Candidate, Decision, Force};
@@ -50,6 +50,8 @@ pub struct Request {
     pub urgency: Urgency,
     /// Overrides the answering tier's `cascade` setting.
     pub cascade: Option<CascadeMode>,
+    /// A conversation sent whole by an HTTP client (the gateway); `None` for editor requests.
+    pub conversation: Option<Conversation>,
 }
 
 /// How soon the user expects an answer, which sets the default latency budget.
@@ -60,6 +62,17 @@ pub enum Urgency {
     Typed,
     /// A code action or hover, waited for with the cursor: `[latency] interactive_budget_s`.
     Interactive,
+}
+
+/// A conversation an HTTP client sent whole: it replaces the prompt `context` would assemble
+/// (its messages go to the model as they are, secrets redacted, oldest turns dropped to fit).
+/// `Request::prompt` is then its last user message, which is what the router reads.
+#[derive(Debug, Clone, Default)]
+pub struct Conversation {
+    pub messages: Vec<Message>,
+    pub sampling: Sampling,
+    /// Overrides the tier's `max_tokens`.
+    pub max_tokens: Option<u32>,
 }
 
 impl Request {
@@ -349,6 +362,21 @@ impl Engine {
     ) -> Result<Answer, Error> {
         let started = Instant::now();
         let (analysis, decision) = self.decide(request, snapshot)?;
+        self.run_decided(request, analysis, decision, started, snapshot, progress)
+            .await
+    }
+
+    /// [`Engine::run`] with a decision the caller made or adjusted (the gateway pins a model its
+    /// client named to the endpoints that have it). `started` is when the request arrived.
+    pub async fn run_decided(
+        &self,
+        request: &Request,
+        analysis: Analysis,
+        decision: Decision,
+        started: Instant,
+        snapshot: &Snapshot,
+        progress: &mut (dyn FnMut(Progress<'_>) + Send),
+    ) -> Result<Answer, Error> {
         let route_ms = ms(started.elapsed());
         info!(
             tier = %decision.tier,
@@ -400,21 +428,27 @@ impl Engine {
                 name: &candidate.endpoint,
                 endpoint,
             };
-            let prompt = context::assemble(
-                &request.query(),
-                &analysis,
-                Budget {
-                    context_window: tier_config.num_ctx,
-                    answer: tier_config.max_tokens,
-                },
-            );
+            let conversation = request.conversation.as_ref();
+            let max_tokens = conversation
+                .and_then(|c| c.max_tokens)
+                .unwrap_or(tier_config.max_tokens);
+            let budget = Budget {
+                context_window: tier_config.num_ctx,
+                // A client asking for more than half the window still leaves room for its prompt.
+                answer: max_tokens.min(tier_config.num_ctx / 2),
+            };
+            let prompt = match conversation {
+                Some(c) => context::conversation(&c.messages, budget),
+                None => context::assemble(&request.query(), &analysis, budget),
+            };
             let keep_alive = self.keep_alive(candidate, &analysis);
             let chat = ChatRequest {
                 model: candidate.model.clone(),
                 messages: prompt.messages,
                 keep_alive: Some(keep_alive),
                 num_ctx: Some(tier_config.num_ctx),
-                max_tokens: Some(tier_config.max_tokens),
+                max_tokens: Some(max_tokens),
+                sampling: conversation.map(|c| c.sampling.clone()).unwrap_or_default(),
             };
             // Held until this attempt ends, whichever way; a dropped run frees it at once.
             let _permit = match self.slot(&candidate.endpoint, &candidate.model).await {
@@ -730,7 +764,7 @@ impl Engine {
             ));
         }
         if !fallbacks.is_empty() {
-            confidence *= 0.85f32.powi(fallbacks.len() as i32);
+            confidence = confidence_after_fallbacks(confidence, fallbacks.len());
             reasons.push(format!("{} fallback(s) taken", fallbacks.len()));
         }
         match finish {
@@ -1057,6 +1091,12 @@ struct Limits {
     first_token: Duration,
     idle: Duration,
     total: Duration,
+}
+
+/// The router's confidence lowered for each fallback taken: what is known of an answer's
+/// confidence at its first token (the finish and a cut context lower it further at the end).
+pub fn confidence_after_fallbacks(confidence: f32, fallbacks: usize) -> f32 {
+    confidence * 0.85f32.powi(fallbacks.min(64) as i32)
 }
 
 fn fallback(candidate: &Candidate, error: String) -> Fallback {

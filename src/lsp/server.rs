@@ -785,6 +785,7 @@ impl Server {
                 .map(str::parse::<config::CascadeMode>)
                 .transpose()
                 .map_err(invalid_params)?,
+            conversation: None,
         })
     }
 
