@@ -363,7 +363,7 @@ impl ApiError {
     }
 
     /// The engine's failure: bad input is the client's (400), failed models are the gateway's
-    /// upstream (502).
+    /// upstream (502), models at their concurrency limit are 503 with `Retry-After`.
     pub fn from_engine(dialect: Dialect, error: engine::Error, routed: Option<Routed>) -> ApiError {
         match error {
             engine::Error::Input(message) => ApiError {
@@ -376,6 +376,15 @@ impl ApiError {
                 routed: routed.map(Box::new),
                 fallbacks,
                 ..ApiError::new(StatusCode::BAD_GATEWAY, dialect, message)
+            },
+            // Every candidate at its concurrency limit with a full queue: the client may retry.
+            engine::Error::Busy {
+                message,
+                retry_after_s,
+            } => ApiError {
+                routed: routed.map(Box::new),
+                retry_after_s: Some(retry_after_s.unwrap_or(1).max(1)),
+                ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, dialect, message)
             },
         }
     }

@@ -332,7 +332,9 @@ fn error_line(e: &engine::Error) -> Value {
         engine::Error::Failed {
             message, fallbacks, ..
         } => json!({"error": message, "triage": {"fallbacks": fallbacks}}),
-        engine::Error::Input(message) => json!({"error": message}),
+        engine::Error::Input(message) | engine::Error::Busy { message, .. } => {
+            json!({"error": message})
+        }
     }
 }
 

@@ -304,7 +304,9 @@ fn error_event(e: &engine::Error) -> Value {
         engine::Error::Failed {
             message, fallbacks, ..
         } => (message.as_str(), json!({"fallbacks": fallbacks})),
-        engine::Error::Input(message) => (message.as_str(), json!({})),
+        engine::Error::Input(message) | engine::Error::Busy { message, .. } => {
+            (message.as_str(), json!({}))
+        }
     };
     json!({"error": {"message": message, "type": "server_error", "param": null, "code": null},
            "triage": triage})

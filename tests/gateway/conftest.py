@@ -147,14 +147,17 @@ def backend():
         server.close()
 
 
-def write_config(directory: Path, url: str, extra: str = "") -> Path:
-    """One Ollama endpoint (the test backend) and short timeouts, so faults resolve fast."""
+def write_config(directory: Path, url: str, extra: str = "", endpoint: str = "") -> Path:
+    """One Ollama endpoint (the test backend; `endpoint` adds keys to its table) and short
+    timeouts, so faults resolve fast. Each model may run 32 requests at once unless `endpoint`
+    says otherwise."""
     tiers = "".join(
         f"[tiers.{tier}.timeouts]\nfirst_token_s = 2\nidle_s = 1\ntotal_s = 30\n\n"
         for tier in ("fast", "coder", "heavy")
     )
     path = directory / "config.toml"
-    path.write_text(f'[endpoints.ollama]\nurl = "{url}"\n\n{tiers}{extra}')
+    endpoint = endpoint or "max_concurrent = 32\n"
+    path.write_text(f'[endpoints.ollama]\nurl = "{url}"\n{endpoint}\n{tiers}{extra}')
     return path
 
 
@@ -220,10 +223,10 @@ def launch(backend: Backend, tmp_path: Path):
     started: list[Gateway] = []
 
     def start(toml: str = "", args: list[str] | None = None, env: dict[str, str] | None = None,
-              name: str = "gw") -> Gateway:
+              name: str = "gw", endpoint: str = "") -> Gateway:
         directory = tmp_path / name
         directory.mkdir(exist_ok=True)
-        config = write_config(directory, backend.url, toml)
+        config = write_config(directory, backend.url, toml, endpoint)
         gateway = Gateway(args or ["--listen", "127.0.0.1:0"], gateway_env(directory, config, env),
                           directory / "stderr.log")
         started.append(gateway)

@@ -426,6 +426,38 @@ def test_a_slow_reader_does_not_make_the_gateway_buffer_the_answer(gateway, back
     assert received == tokens and done is not None and done["eval_count"] == tokens
 
 
+def test_a_model_at_its_limit_with_a_full_queue_is_503_with_retry_after(launch, backend):
+    gw = launch(endpoint="max_concurrent = 1\n", toml="[limits]\nqueue_len = 0\nmax_wait_s = 7\n")
+    backend.set_fault(FAST, {"kind": "trickle", "ms": 50, "tokens": 30})
+    with httpx.stream("POST", gw.url + "/api/chat", timeout=20, json={
+            "model": FAST, "messages": [{"role": "user", "content": GREETING}]}) as running:
+        lines = running.iter_lines()
+        assert json.loads(next(lines))["message"]["content"] == "Hello"
+        # The only place for the fast model is taken and nobody may wait: a named model has no
+        # fallback, so this is a 503 in both dialects.
+        client, _ = ollama_client(gw)
+        with pytest.raises(ollama.ResponseError) as busy:
+            client.chat(model=FAST, messages=[{"role": "user", "content": GREETING}], stream=False)
+        assert busy.value.status_code == 503 and "busy" in busy.value.error
+        raw = httpx.post(gw.url + "/v1/chat/completions", timeout=10, json={
+            "model": FAST, "messages": [{"role": "user", "content": GREETING}]})
+        assert raw.status_code == 503 and raw.headers["retry-after"] == "7"
+        assert "busy" in raw.json()["error"]["message"]
+        # `auto` passes a busy model over like a failed one.
+        routed = httpx.post(gw.url + "/api/chat", timeout=10, json={
+            "model": "auto:fast", "stream": False, "messages": [{"role": "user", "content": GREETING}]})
+        assert routed.status_code == 200 and int(routed.headers["x-triage-fallbacks"]) == 1
+        assert routed.headers["x-triage-model"] != FAST
+        rest = [json.loads(line) for line in lines]
+    # The running stream lost nothing.
+    assert "".join(c["message"]["content"] for c in rest[:-1]) == answer_for(FAST, 30)[len("Hello"):]
+    assert rest[-1]["done"] is True
+    # With the place free again the model answers.
+    client, _ = ollama_client(gw)
+    assert client.chat(model=FAST, messages=[{"role": "user", "content": GREETING}], stream=False).message.content
+    assert models_called(backend).count(FAST) == 2
+
+
 def test_an_oversized_body_is_413_in_the_dialect(gateway, backend):
     huge = "a" * (9 * 1024 * 1024)
     client, _ = ollama_client(gateway)
