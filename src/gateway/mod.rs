@@ -493,7 +493,7 @@ pub(crate) async fn plan(
     snapshot: &Snapshot,
     dialect: Dialect,
 ) -> Result<Plan, ApiError> {
-    let wanted = models::parse(model).map_err(|m| ApiError::bad_request(dialect, m))?;
+    let wanted = models::parse(model).map_err(|e| e.into_api(dialect))?;
     match wanted {
         Want::Auto => Ok(Plan::Route),
         Want::Tier(tier) => {
@@ -587,14 +587,23 @@ pub(crate) async fn answer(
     }
 }
 
-/// The last user message (else the last message): what the router reads of a conversation.
+/// Whether `text` has anything but whitespace. Whitespace is Unicode's (what `str::trim` and the
+/// analyser use) plus U+001C–U+001F, which Python's `\s` also counts: the OpenAPI document says
+/// "at least one non-whitespace character" as the pattern `\S`, and schemathesis reads patterns
+/// with Python's semantics, so both sides must draw the line at the same place.
+pub(crate) fn has_text(text: &str) -> bool {
+    text.chars()
+        .any(|c| !c.is_whitespace() && !('\u{1c}'..='\u{1f}').contains(&c))
+}
+
+/// The last user message with text (else the last message with text): what the router reads
+/// of a conversation.
 pub(crate) fn routing_prompt(messages: &[crate::backend::Message]) -> String {
     use crate::backend::Role;
-    messages
-        .iter()
-        .rev()
+    let with_text = || messages.iter().rev().filter(|m| has_text(&m.content));
+    with_text()
         .find(|m| m.role == Role::User)
-        .or(messages.last())
+        .or_else(|| with_text().next())
         .map(|m| m.content.clone())
         .unwrap_or_default()
 }
@@ -631,6 +640,57 @@ pub(crate) fn json_response(value: serde_json::Value, routed: &Routed) -> Respon
     let mut response = Json(value).into_response();
     routed.write(response.headers_mut());
     response
+}
+
+/// Integers as JSON Schema counts them: `3` and `3.0` alike (clients and fuzzers send both), in
+/// the target type's range; anything else is refused as serde would refuse it.
+pub(crate) mod whole {
+    use serde::de::{Deserializer, Error};
+    use serde::Deserialize;
+
+    /// The float path: a whole float (or an integer literal beyond the native forms, which
+    /// serde_json reads as a float) within `fits`, whose bounds exclude the edge floats that a
+    /// literal just outside the range rounds to.
+    fn whole_float<E: Error>(n: &serde_json::Number, fits: impl Fn(f64) -> bool) -> Result<f64, E> {
+        match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && fits(f) => Ok(f),
+            Some(f) if f.fract() == 0.0 => Err(E::custom(format!("{n} is out of range"))),
+            _ => Err(E::custom(format!("{n} is not a whole number"))),
+        }
+    }
+
+    /// Exact for every `i64` spelled as an integer.
+    pub fn opt_i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+            return Ok(None);
+        };
+        if let Some(i) = n.as_i64() {
+            return Ok(Some(i));
+        }
+        const EDGE: f64 = 9_223_372_036_854_775_808.0;
+        whole_float(&n, |f| f > -EDGE && f < EDGE).map(|f| Some(f as i64))
+    }
+
+    /// Exact for every `u64` spelled as an integer.
+    pub fn opt_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+            return Ok(None);
+        };
+        if let Some(u) = n.as_u64() {
+            return Ok(Some(u));
+        }
+        whole_float(&n, |f| (0.0..18_446_744_073_709_551_616.0).contains(&f))
+            .map(|f| Some(f as u64))
+    }
+
+    pub fn opt_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        match opt_u64(d)? {
+            None => Ok(None),
+            Some(u) => u32::try_from(u)
+                .map(Some)
+                .map_err(|_| D::Error::custom(format!("{u} is out of range"))),
+        }
+    }
 }
 
 /// Seconds since the Unix epoch.
@@ -670,6 +730,35 @@ mod tests {
         let err = options("localhost", None, env).expect_err("not an address");
         assert!(err.contains("IP:PORT"), "{err}");
         assert_eq!(format!("{:?}", Token("x".into())), "Token(…)");
+    }
+
+    #[test]
+    fn whole_numbers_in_either_spelling() {
+        #[derive(serde::Deserialize)]
+        struct T {
+            #[serde(default, deserialize_with = "whole::opt_i64")]
+            i: Option<i64>,
+            #[serde(default, deserialize_with = "whole::opt_u32")]
+            u: Option<u32>,
+        }
+        let t = |v: serde_json::Value| serde_json::from_value::<T>(v).map(|t| (t.i, t.u));
+        assert_eq!(t(json!({"i": -3, "u": 4})).ok(), Some((Some(-3), Some(4))));
+        assert_eq!(
+            t(json!({"i": -3.0, "u": 4.0})).ok(),
+            Some((Some(-3), Some(4)))
+        );
+        assert_eq!(t(json!({"i": null})).ok(), Some((None, None)));
+        assert_eq!(t(json!({"i": i64::MIN})).ok(), Some((Some(i64::MIN), None)));
+        assert!(t(json!({"i": 1.5})).is_err());
+        assert!(t(json!({"i": 9.3e18})).is_err());
+        // A literal just below i64::MIN arrives as the float -2^63: refused.
+        let below: T = serde_json::from_str(r#"{"i": -9223372036854775808}"#).expect("min");
+        assert_eq!(below.i, Some(i64::MIN));
+        assert!(serde_json::from_str::<T>(r#"{"i": -9223372036854775809}"#).is_err());
+        assert!(t(json!({"u": -1})).is_err());
+        assert!(t(json!({"u": 4_294_967_296u64})).is_err());
+        assert!(t(json!({"u": "3"})).is_err());
+        assert!(has_text(" a ") && !has_text(" \t\u{1f}\u{85}\u{3000}"));
     }
 
     #[test]

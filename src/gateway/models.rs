@@ -21,23 +21,49 @@ pub enum Want {
     Model(String),
 }
 
-/// `auto` (also `auto:latest`, as Ollama clients may add the tag), `auto:TIER`, or a model name.
-pub fn parse(model: &str) -> Result<Want, String> {
-    let model = model.trim();
-    if model.is_empty() {
-        return Err(
-            "`model` is empty: use `auto` to let triage choose, `auto:fast`, `auto:coder`, `auto:heavy`, or a model name"
-                .to_string(),
-        );
+/// Why a model name cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BadName {
+    /// No name at all: the request is malformed (400).
+    Empty,
+    /// `auto:` with something that is no tier: no such model (404).
+    NoSuchTier(String),
+}
+
+impl BadName {
+    pub(super) fn into_api(self, dialect: super::Dialect) -> super::ApiError {
+        match self {
+            BadName::Empty => super::ApiError::bad_request(
+                dialect,
+                "`model` is empty: use `auto` to let triage choose, `auto:fast`, `auto:coder`, `auto:heavy`, or a model name",
+            ),
+            BadName::NoSuchTier(name) => super::ApiError {
+                code: Some("model_not_found"),
+                ..super::ApiError::new(
+                    axum::http::StatusCode::NOT_FOUND,
+                    dialect,
+                    format!("model `{name}` does not exist: the routed names are auto, auto:fast, auto:coder and auto:heavy"),
+                )
+            },
+        }
     }
+}
+
+/// `auto` (also `auto:latest`, as Ollama clients may add the tag), `auto:TIER`, or a model name.
+pub fn parse(model: &str) -> Result<Want, BadName> {
+    if !super::has_text(model) {
+        return Err(BadName::Empty);
+    }
+    let model = model.trim();
     let lower = model.to_ascii_lowercase();
     if lower == AUTO || lower == "auto:latest" {
         return Ok(Want::Auto);
     }
     if let Some(tier) = lower.strip_prefix("auto:") {
-        return tier.parse::<Tier>().map(Want::Tier).map_err(|_| {
-            format!("`{model}` names no tier: use auto:fast, auto:coder or auto:heavy")
-        });
+        return tier
+            .parse::<Tier>()
+            .map(Want::Tier)
+            .map_err(|_| BadName::NoSuchTier(model.to_string()));
     }
     Ok(Want::Model(model.to_string()))
 }
@@ -176,8 +202,12 @@ mod tests {
         for (input, expected) in cases {
             assert_eq!(parse(input), expected, "{input}");
         }
-        assert!(parse("auto:huge").is_err_and(|e| e.contains("auto:coder")));
-        assert!(parse("  ").is_err());
+        assert_eq!(
+            parse("auto:huge"),
+            Err(BadName::NoSuchTier("auto:huge".into()))
+        );
+        assert_eq!(parse("  "), Err(BadName::Empty));
+        assert_eq!(parse("\u{1c}\u{85}"), Err(BadName::Empty));
     }
 
     fn entry(name: &str) -> ModelEntry {

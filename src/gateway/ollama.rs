@@ -51,10 +51,13 @@ pub(crate) struct InMessage {
 pub(crate) struct Options {
     temperature: Option<f64>,
     top_p: Option<f64>,
+    #[serde(default, deserialize_with = "super::whole::opt_u32")]
     top_k: Option<u32>,
+    #[serde(default, deserialize_with = "super::whole::opt_i64")]
     seed: Option<i64>,
     stop: Option<Vec<String>>,
     /// -1 (no limit) and -2 (fill the window) leave the tier's `max_tokens`.
+    #[serde(default, deserialize_with = "super::whole::opt_i64")]
     num_predict: Option<i64>,
 }
 
@@ -182,7 +185,7 @@ pub(crate) async fn chat(
             content: m.content.clone().unwrap_or_default(),
         });
     }
-    if messages.iter().all(|m| m.content.trim().is_empty()) {
+    if !messages.iter().any(|m| super::has_text(&m.content)) {
         return Err(ApiError::bad_request(
             D,
             "`messages` has no text: send at least one message with content",
@@ -211,14 +214,14 @@ pub(crate) async fn generate(
             "`suffix` (fill-in-the-middle) is not supported by the triage gateway: use the language server's completion, or send a prompt without suffix",
         ));
     }
-    if body.prompt.trim().is_empty() {
+    if !super::has_text(&body.prompt) {
         return Err(ApiError::bad_request(
             D,
             "`prompt` is empty: triage loads models itself, send the text to answer",
         ));
     }
     let mut messages = Vec::new();
-    if let Some(system) = body.system.filter(|s| !s.trim().is_empty()) {
+    if let Some(system) = body.system.filter(|s| super::has_text(s)) {
         messages.push(Message {
             role: Role::System,
             content: system,
@@ -423,9 +426,10 @@ pub(crate) async fn show(
     body: Result<Json<ShowBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(body) = body.map_err(|r| ApiError::from_rejection(D, r))?;
-    let name = body.model.or(body.name).unwrap_or_default();
+    let given = |n: &Option<String>| n.clone().filter(|n| super::has_text(n));
+    let name = given(&body.model).or(given(&body.name)).unwrap_or_default();
     let details = |family: &str| json!({"format": "", "family": family, "families": [family], "parameter_size": "", "quantization_level": ""});
-    match models::parse(&name).map_err(|m| ApiError::bad_request(D, m))? {
+    match models::parse(&name).map_err(|e| e.into_api(D))? {
         Want::Auto | Want::Tier(_) => {
             let config = gateway.config();
             let tiers: Vec<Value> = config

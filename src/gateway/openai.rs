@@ -31,13 +31,17 @@ pub(crate) struct CompletionBody {
     #[serde(default)]
     stream: bool,
     stream_options: Option<StreamOptions>,
+    #[serde(default, deserialize_with = "super::whole::opt_u64")]
     max_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "super::whole::opt_u64")]
     max_completion_tokens: Option<u64>,
     temperature: Option<f64>,
     top_p: Option<f64>,
+    #[serde(default, deserialize_with = "super::whole::opt_i64")]
     seed: Option<i64>,
     stop: Option<Stop>,
     response_format: Option<Value>,
+    #[serde(default, deserialize_with = "super::whole::opt_u64")]
     n: Option<u64>,
     tools: Option<Value>,
 }
@@ -119,6 +123,12 @@ fn format(value: &Option<Value>) -> Result<Option<Format>, ApiError> {
     let Some(v) = value.as_ref().filter(|v| !v.is_null()) else {
         return Ok(None);
     };
+    if v.get("json_schema").is_some_and(|s| !s.is_object()) {
+        return Err(ApiError::bad_request(
+            D,
+            "`response_format.json_schema` must be an object",
+        ));
+    }
     match v["type"].as_str() {
         Some("text") => Ok(None),
         Some("json_object") => Ok(Some(Format::Json)),
@@ -158,7 +168,7 @@ pub(crate) async fn chat_completions(
             content: text(m.content.as_ref())?,
         });
     }
-    if messages.iter().all(|m| m.content.trim().is_empty()) {
+    if !messages.iter().any(|m| super::has_text(&m.content)) {
         return Err(ApiError::bad_request(
             D,
             "`messages` has no text: send at least one message with content",

@@ -78,19 +78,21 @@ fn merge(mut a: Value, b: Value) -> Value {
 
 /// The document.
 pub(crate) fn spec() -> Value {
-    let model_name = json!({"type": "string", "minLength": 1,
+    let model_name = json!({"type": "string", "pattern": "\\S",
         "description": "`auto` (routed), `auto:fast`, `auto:coder`, `auto:heavy` (a forced tier; VRAM checks and fallbacks still apply), or a model name (passed through to the endpoint that has it)",
         "examples": ["auto"]});
+    // "Has text": at least one character that is not whitespace (see `super::has_text`).
+    let text = json!({"type": "string", "pattern": "\\S"});
     let options = json!({
         "type": "object",
         "description": "Sampling options; others (num_ctx, …) are ignored: the tier's settings apply.",
         "properties": {
-            "temperature": {"type": "number"},
-            "top_p": {"type": "number"},
-            "top_k": {"type": "integer", "minimum": 0, "maximum": 4_294_967_295u64},
-            "seed": {"type": "integer", "minimum": -9_223_372_036_854_775_807i64, "maximum": 9_223_372_036_854_775_807i64},
-            "stop": {"type": "array", "items": {"type": "string"}},
-            "num_predict": {"type": "integer", "minimum": -9_223_372_036_854_775_807i64, "maximum": 9_223_372_036_854_775_807i64,
+            "temperature": {"type": ["number", "null"]},
+            "top_p": {"type": ["number", "null"]},
+            "top_k": {"type": ["integer", "null"], "minimum": 0, "maximum": 4_294_967_295u64},
+            "seed": {"type": ["integer", "null"], "minimum": i64::MIN, "maximum": 9_223_372_036_854_775_807i64},
+            "stop": {"type": ["array", "null"], "items": {"type": "string"}},
+            "num_predict": {"type": ["integer", "null"], "minimum": i64::MIN, "maximum": 9_223_372_036_854_775_807i64,
                             "description": "Most tokens to generate; -1 or -2 keep the tier's max_tokens."},
         }
     });
@@ -118,17 +120,19 @@ pub(crate) fn spec() -> Value {
             "role": {"type": "string", "enum": ["system", "user", "assistant"]},
             "content": {"type": ["string", "null"]},
             "images": {"type": ["array", "null"], "maxItems": 0, "description": "Not supported: text models only."}}},
-        "OllamaChatRequest": {"type": "object", "required": ["model"], "properties": {
+        "OllamaChatRequest": {"type": "object", "required": ["model", "messages"], "properties": {
             "model": model_name,
-            "messages": {"type": "array", "items": {"$ref": "#/components/schemas/OllamaMessage"}},
+            "messages": {"type": "array", "items": {"$ref": "#/components/schemas/OllamaMessage"},
+                         "description": "At least one message has text.",
+                         "contains": {"type": "object", "required": ["content"], "properties": {"content": text}}},
             "stream": {"type": ["boolean", "null"], "description": "Default true, as in Ollama."},
             "options": options,
             "format": format,
             "tools": {"type": ["array", "null"], "maxItems": 0, "description": "Not supported."},
             "keep_alive": {"description": "Ignored: the tier's keep_alive applies."}}},
-        "OllamaGenerateRequest": {"type": "object", "required": ["model"], "properties": {
+        "OllamaGenerateRequest": {"type": "object", "required": ["model", "prompt"], "properties": {
             "model": model_name,
-            "prompt": {"type": "string"},
+            "prompt": text,
             "system": {"type": ["string", "null"]},
             "suffix": {"type": ["string", "null"], "maxLength": 0, "description": "Fill-in-the-middle is not supported through the gateway."},
             "raw": {"type": "boolean", "enum": [false], "description": "Raw prompts are not supported."},
@@ -140,21 +144,27 @@ pub(crate) fn spec() -> Value {
         "OllamaGenerateResponse": ollama_done(json!({"response": {"type": "string"}})),
         "OllamaTags": {"type": "object", "required": ["models"], "properties": {"models": {"type": "array", "items": {"type": "object", "required": ["name", "model"],
             "properties": {"name": {"type": "string"}, "model": {"type": "string"}, "size": {"type": "integer"}, "endpoint": {"type": ["string", "null"]}}}}}},
-        "OllamaShowRequest": {"type": "object", "properties": {"model": {"type": ["string", "null"]}, "name": {"type": ["string", "null"]}}},
+        "OllamaShowRequest": {"type": "object", "properties": {"model": {"type": ["string", "null"]}, "name": {"type": ["string", "null"]}},
+            "description": "`model` (or the older `name`) names the model.",
+            "anyOf": [{"required": ["model"], "properties": {"model": model_name}}, {"required": ["name"], "properties": {"name": model_name}}]},
         "OpenaiMessage": {"type": "object", "required": ["role"], "properties": {
             "role": {"type": "string", "enum": ["system", "developer", "user", "assistant"]},
             "content": {"oneOf": [{"type": "string"}, {"type": "null"},
                 {"type": "array", "items": {"type": "object", "required": ["type"], "properties": {"type": {"type": "string", "enum": ["text"]}, "text": {"type": ["string", "null"]}}}}]}}},
         "ChatCompletionRequest": {"type": "object", "required": ["model", "messages"], "properties": {
             "model": model_name,
-            "messages": {"type": "array", "items": {"$ref": "#/components/schemas/OpenaiMessage"}},
+            "messages": {"type": "array", "items": {"$ref": "#/components/schemas/OpenaiMessage"},
+                         "description": "At least one message has text.",
+                         "contains": {"type": "object", "required": ["content"], "properties": {"content": {"anyOf": [
+                             text,
+                             {"type": "array", "contains": {"type": "object", "required": ["text"], "properties": {"text": text}}}]}}}},
             "stream": {"type": "boolean"},
             "stream_options": {"type": ["object", "null"], "properties": {"include_usage": {"type": "boolean"}}},
-            "max_tokens": {"type": ["integer", "null"], "minimum": 0, "maximum": 9_223_372_036_854_775_807i64},
-            "max_completion_tokens": {"type": ["integer", "null"], "minimum": 0, "maximum": 9_223_372_036_854_775_807i64},
+            "max_tokens": {"type": ["integer", "null"], "minimum": 0, "maximum": u64::MAX},
+            "max_completion_tokens": {"type": ["integer", "null"], "minimum": 0, "maximum": u64::MAX},
             "temperature": {"type": ["number", "null"]},
             "top_p": {"type": ["number", "null"]},
-            "seed": {"type": ["integer", "null"], "minimum": -9_223_372_036_854_775_807i64, "maximum": 9_223_372_036_854_775_807i64},
+            "seed": {"type": ["integer", "null"], "minimum": i64::MIN, "maximum": 9_223_372_036_854_775_807i64},
             "stop": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}, {"type": "null"}]},
             "response_format": {"oneOf": [{"type": "null"}, {"type": "object", "required": ["type"], "properties": {"type": {"type": "string", "enum": ["text", "json_object", "json_schema"]}, "json_schema": {"type": "object"}}}]},
             "n": {"type": ["integer", "null"], "minimum": 1, "maximum": 1},
@@ -163,9 +173,9 @@ pub(crate) fn spec() -> Value {
             "id": {"type": "string"}, "object": {"const": "chat.completion"}, "created": {"type": "integer"}, "model": {"type": "string"},
             "choices": {"type": "array"}, "usage": {"type": "object"}, "triage": {"$ref": "#/components/schemas/Triage"}}},
         "RouteRequest": {"type": "object", "required": ["prompt"], "properties": {
-            "prompt": {"type": "string"}, "selection": {"type": ["string", "null"]}, "language": {"type": ["string", "null"]},
-            "tier": {"type": ["string", "null"], "enum": ["fast", "coder", "heavy", null]},
-            "model": {"type": ["string", "null"], "description": "As in the chat endpoints; default auto."}}},
+            "prompt": text, "selection": {"type": ["string", "null"]}, "language": {"type": ["string", "null"]},
+            "tier": {"enum": ["fast", "coder", "heavy", null]},
+            "model": {"oneOf": [{"type": "null"}, model_name], "description": "As in the chat endpoints; default auto."}}},
         "Decision": {"type": "object", "required": ["tier", "model", "endpoint", "confidence", "reasons", "fallbacks", "analysis"], "properties": {
             "tier": {"type": "string"}, "model": {"type": "string"}, "endpoint": {"type": "string"}, "url": {"type": ["string", "null"]},
             "confidence": {"type": "number"}, "reasons": {"type": "array", "items": {"type": "string"}}, "warning": {"type": ["string", "null"]},
@@ -196,7 +206,8 @@ pub(crate) fn spec() -> Value {
             "requestBody": body("ChatCompletionRequest"),
             "responses": with(errors(true), "200", answer("The completion: one object, or server-sent events with `stream: true` (the chunk with `finish_reason` carries `triage`).",
                 json!({"$ref": "#/components/schemas/ChatCompletion"}), "text/event-stream",
-                json!({"type": "string", "description": "`data: {chunk}` events, then `data: [DONE]`; an `error` event when the answer broke off."})))}},
+                json!({"type": "object", "description": "One server-sent event: `data` is a chunk (JSON), then `[DONE]`; a chunk with `error` when the answer broke off.",
+                       "properties": {"data": {"type": "string"}, "event": {"type": "string"}, "id": {"type": "string"}}})))}},
         "/v1/models": {"get": {"summary": "The same model names as /api/tags.",
             "responses": merge(ok_json("Models.", json!({"type": "object", "required": ["object", "data"], "properties": {"object": {"const": "list"}, "data": {"type": "array"}}})),
                 json!({"401": errors(true)["401"]}))}},

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use super::{ApiError, Dialect, Plan, Routed, Shared};
 use crate::backend::Target;
+use crate::config::Tier;
 use crate::engine;
 
 const D: Dialect = Dialect::Ollama;
@@ -69,12 +70,25 @@ pub(crate) async fn route(
         language_id: body.language,
         ..engine::Request::default()
     };
-    if let Some(tier) = &body.tier {
-        request.force.tier = Some(
-            tier.parse()
-                .map_err(|m: String| ApiError::bad_request(D, m))?,
-        );
+    if !super::has_text(&request.prompt) {
+        return Err(ApiError::bad_request(
+            D,
+            "`prompt` is empty: send the text to route",
+        ));
     }
+    // Exactly the names the document lists (the command line is more forgiving).
+    request.force.tier = match body.tier.as_deref() {
+        None => None,
+        Some("fast") => Some(Tier::Fast),
+        Some("coder") => Some(Tier::Coder),
+        Some("heavy") => Some(Tier::Heavy),
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                D,
+                format!("unknown tier `{other}`: use fast, coder or heavy"),
+            ))
+        }
+    };
     let snapshot = gateway.snapshot();
     let model = body.model.as_deref().unwrap_or(super::models::AUTO);
     let (analysis, decision) =

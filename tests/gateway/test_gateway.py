@@ -172,7 +172,7 @@ def test_an_unknown_model_is_404_in_both_dialects(gateway, backend):
     assert missing.value.status_code == 404 and "nope:1b" in missing.value.error
     with pytest.raises(ollama.ResponseError) as bad_tier:
         client.chat(model="auto:huge", messages=[{"role": "user", "content": GREETING}])
-    assert bad_tier.value.status_code == 400 and "auto:coder" in bad_tier.value.error
+    assert bad_tier.value.status_code == 404 and "auto:coder" in bad_tier.value.error
     with pytest.raises(openai.NotFoundError) as oa:
         openai_client(gateway).chat.completions.create(model="nope:1b", messages=[{"role": "user", "content": "x"}])
     assert oa.value.code == "model_not_found"
