@@ -88,6 +88,9 @@ impl Pump {
                     Progress::Routed(d) => s.confidence = Some(d.confidence),
                     Progress::Trying(c) => s.trying = Some(c.clone()),
                     Progress::FellBack { .. } => s.fallbacks += 1,
+                    // A second tier answers after the first (`cascade = "run"`): its text
+                    // follows in the same stream, and the final object names it.
+                    Progress::Cascading { .. } => {}
                     Progress::Delta(d) if s.keep_deltas => s.deltas.push_back(d.to_string()),
                     Progress::Delta(_) => {}
                 }
