@@ -27,7 +27,6 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use serde_json::json;
 use subtle::ConstantTimeEq;
@@ -155,19 +154,10 @@ pub async fn serve(
     let saver = tokio::spawn(save_stats_every(gateway.clone(), Duration::from_secs(30)));
     ready(addr);
     let app = router(gateway.clone());
-    // Nagle's algorithm would hold a streamed token back for the client's delayed ACK.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, app).with_graceful_shutdown({
-        let mut stop = stop_rx.clone();
-        async move {
-            let _ = stop.wait_for(|s| *s).await;
-        }
-    });
+    let server = accept_loop(listener, app, stop_rx);
     let result = tokio::select! {
-        r = server => r.map_err(|e| format!("the gateway stopped: {e}")),
+        r = server => r,
         () = async {
             shutdown_signal().await;
             let _ = stop_tx.send(true);
@@ -179,6 +169,50 @@ pub async fn serve(
     saver.abort();
     save_stats(&gateway.engine);
     result
+}
+
+/// The most a connection's write buffer holds before the body is asked for more: small, so that
+/// a client that reads slowly holds the model's stream back (through the engine, which the body
+/// polls) instead of having its answer pile up here as many small frames. hyper's default is
+/// ~400 KB per connection; `axum::serve` does not let it be set, hence this loop.
+const WRITE_BUFFER: usize = 16 * 1024;
+
+/// Accepts connections until `stop` turns true, then lets open ones finish (graceful).
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), String> {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                // Out of file descriptors and the like: wait a moment instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Nagle's algorithm would hold a streamed token back for the client's delayed ACK.
+        let _ = tcp.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = hyper::server::conn::http1::Builder::new()
+            .max_buf_size(WRITE_BUFFER)
+            .serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
+        let watched = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = watched.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    graceful.shutdown().await;
+    Ok(())
 }
 
 async fn shutdown_signal() {
