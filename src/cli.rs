@@ -209,7 +209,12 @@ pub struct StatusArgs {
 #[derive(Debug, Args)]
 pub struct EvalArgs {
     /// Labelled JSON Lines: the route input plus "tier".
-    pub file: String,
+    #[arg(required_unless_present = "loso")]
+    pub file: Option<String>,
+    /// Leave-one-source-out over every *.jsonl in DIR (one file per source, holdout included):
+    /// each source is tested by a model trained and calibrated on all the others.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["file", "cv", "train_files"])]
+    pub loso: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -230,7 +235,12 @@ pub struct EvalArgs {
 #[derive(Debug, Args)]
 pub struct TrainArgs {
     /// Labelled JSON Lines files. Default: every data/routing/*.jsonl except holdout files.
+    #[arg(conflicts_with = "from_feedback")]
     pub files: Vec<PathBuf>,
+    /// Instead: adapt the router to you, from the tiers you forced (recorded under
+    /// $TRIAGE_STATE_DIR); the result is saved there and loaded at start.
+    #[arg(long, conflicts_with = "out")]
+    pub from_feedback: bool,
     /// Where to write the model.
     #[arg(long, default_value = "src/analyze/router.bin")]
     pub out: PathBuf,
@@ -259,6 +269,7 @@ impl TrainingFlags {
             epochs: self.epochs.unwrap_or(d.epochs),
             learning_rate: self.learning_rate.unwrap_or(d.learning_rate),
             l2: self.l2.unwrap_or(d.l2),
+            calibration_folds: d.calibration_folds,
         }
     }
 }
@@ -295,6 +306,10 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Eval(args) => {
             let config = load_config(cli.config)?;
             eval_command(&config, args)
+        }
+        Command::Train(args) if args.from_feedback => {
+            let config = load_config(cli.config)?;
+            train_from_feedback(&config)
         }
         Command::Train(args) => train_command(args),
         Command::Gateway(args) => {
@@ -335,6 +350,22 @@ fn load_config(explicit: Option<PathBuf>) -> Result<Config, Failure> {
 
 fn analyzer() -> Result<Analyzer, Failure> {
     Analyzer::builtin().map_err(|e| Failure::Request(e.to_string()))
+}
+
+/// The built-in analyser, adapted to the user by their feedback delta when feedback is on.
+fn user_analyzer(config: &Config) -> Result<Analyzer, Failure> {
+    let base = analyzer()?;
+    if !config.feedback.enabled {
+        return Ok(base);
+    }
+    let Some(store) = crate::feedback::Store::default_store() else {
+        return Ok(base);
+    };
+    let (adapted, problem) = crate::feedback::adapt(base, &store);
+    if let Some(p) = problem {
+        eprintln!("warning: {p}");
+    }
+    Ok(adapted)
 }
 
 impl GpuArgs {
@@ -448,7 +479,7 @@ fn utf8(bytes: Vec<u8>, what: &str) -> Result<String, Failure> {
 fn route_command(config: &Config, args: RouteArgs) -> Result<(), Failure> {
     let snapshot = args.request.gpu.snapshot(config)?;
     let force = args.request.force()?;
-    let analyzer = analyzer()?;
+    let analyzer = user_analyzer(config)?;
     if let Some(source) = &args.jsonl {
         return route_jsonl(config, &snapshot, &force, &analyzer, source, &args.request);
     }
@@ -656,9 +687,13 @@ fn example((line, tier): &Labelled) -> model::Example<'_> {
 
 fn eval_command(config: &Config, args: EvalArgs) -> Result<(), Failure> {
     let snapshot = args.gpu.snapshot(config)?;
-    let (lines, errors) = labelled(&args.file)?;
+    if let Some(dir) = &args.loso {
+        return loso_command(config, &snapshot, dir, args.options.options(), args.json);
+    }
+    let file = args.file.clone().unwrap_or_default();
+    let (lines, errors) = labelled(&file)?;
     for e in &errors {
-        eprintln!("{}: {e}", args.file);
+        eprintln!("{file}: {e}");
     }
     let extra: Vec<Labelled> = args
         .train_files
@@ -669,11 +704,18 @@ fn eval_command(config: &Config, args: EvalArgs) -> Result<(), Failure> {
         .flatten()
         .collect();
     let options = args.options.options();
+    let mut adapted = None;
     let outcomes = match args.cv {
-        None if extra.is_empty() => predict_all(config, &snapshot, &analyzer()?, &lines),
+        None if extra.is_empty() => {
+            let user = user_analyzer(config)?;
+            if user.has_delta() {
+                adapted = Some(eval::report(&predict_all(config, &snapshot, &user, &lines)));
+            }
+            predict_all(config, &snapshot, &user.without_delta(), &lines)
+        }
         None => {
             let examples: Vec<model::Example> = extra.iter().map(example).collect();
-            let analyzer = Analyzer::with_model(model::train(&examples, options, 0));
+            let analyzer = Analyzer::with_model(model::train_calibrated(&examples, options, 0));
             predict_all(config, &snapshot, &analyzer, &lines)
         }
         Some(k) => {
@@ -688,15 +730,29 @@ fn eval_command(config: &Config, args: EvalArgs) -> Result<(), Failure> {
     };
     let report = eval::report(&outcomes);
     let text = if args.json {
-        serde_json::to_string_pretty(&report).unwrap_or_default()
+        let mut value = serde_json::to_value(&report).unwrap_or_default();
+        if let (Some(a), Some(map)) = (&adapted, value.as_object_mut()) {
+            map.insert(
+                "with_feedback".to_string(),
+                serde_json::to_value(a).unwrap_or_default(),
+            );
+        }
+        serde_json::to_string_pretty(&value).unwrap_or_default()
+    } else if let Some(a) = &adapted {
+        format!(
+            "built-in model on {file}\n{}\nwith your feedback delta (`triage train --from-feedback`): accuracy {:.1}% ({:+.1} points), severe {} ({:.1}%), ECE {:.3}\n(`[feedback] enabled = false` turns it off)",
+            report.render().trim_end(),
+            a.accuracy * 100.0,
+            (a.accuracy - report.accuracy) * 100.0,
+            a.severe,
+            a.severe_rate * 100.0,
+            a.ece
+        )
     } else {
         let header = match (args.cv, args.train_files.len()) {
-            (Some(k), _) => format!("{k}-fold cross-validation on {}\n", args.file),
-            (None, 0) => format!("built-in model on {}\n", args.file),
-            (None, n) => format!(
-                "model trained on {n} given files, tested on {}\n",
-                args.file
-            ),
+            (Some(k), _) => format!("{k}-fold cross-validation on {file}\n"),
+            (None, 0) => format!("built-in model on {file}\n"),
+            (None, n) => format!("model trained on {n} given files, tested on {file}\n"),
         };
         header + &report.render()
     };
@@ -705,11 +761,76 @@ fn eval_command(config: &Config, args: EvalArgs) -> Result<(), Failure> {
         Ok(())
     } else {
         Err(usage(format!(
-            "{} lines of {} were skipped (see above)",
+            "{} lines of {file} were skipped (see above)",
             errors.len(),
-            args.file
         )))
     }
+}
+
+/// Every labelled source under `dir`: one `*.jsonl` file each, sorted by name.
+fn sources(dir: &Path) -> Result<Vec<(String, Vec<Labelled>)>, Failure> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| usage(format!("cannot list {}: {e}", dir.display())))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    files.sort();
+    let mut out = Vec::with_capacity(files.len());
+    for path in files {
+        let (lines, errors) = labelled(&path.to_string_lossy())?;
+        if let Some(e) = errors.first() {
+            return Err(usage(format!("{}: {e}", path.display())));
+        }
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        out.push((name, lines));
+    }
+    if out.len() < 2 {
+        return Err(usage(format!(
+            "{} holds {} labelled *.jsonl files; leave-one-source-out needs at least two",
+            dir.display(),
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
+fn loso_command(
+    config: &Config,
+    snapshot: &Snapshot,
+    dir: &Path,
+    options: model::TrainOptions,
+    json: bool,
+) -> Result<(), Failure> {
+    let sources = sources(dir)?;
+    let mut rows = Vec::with_capacity(sources.len());
+    let mut all = Vec::new();
+    for (i, (name, lines)) in sources.iter().enumerate() {
+        let examples: Vec<model::Example> = sources
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .flat_map(|(_, (_, l))| l.iter().map(example))
+            .collect();
+        let analyzer = Analyzer::with_model(model::train_calibrated(&examples, options, 0));
+        let outcomes = predict_all(config, snapshot, &analyzer, lines);
+        all.extend(outcomes.iter().cloned());
+        rows.push(eval::SourceReport {
+            source: name.clone(),
+            report: eval::report(&outcomes),
+        });
+    }
+    let overall = eval::report(&all);
+    let text = if json {
+        serde_json::to_string_pretty(&json!({"sources": rows, "all": overall})).unwrap_or_default()
+    } else {
+        eval::render_loso(&rows, &overall)
+    };
+    print_line(&text);
+    Ok(())
 }
 
 fn predict_all(
@@ -721,19 +842,22 @@ fn predict_all(
     lines
         .iter()
         .map(|(line, expected)| {
-            let got = analyzer
+            let decided = analyzer
                 .analyze(&query_of(&line.record))
                 .ok()
-                .and_then(|a| route::route(config, snapshot, &a, &Force::default()).ok())
-                .map(|d| d.tier);
+                .and_then(|a| route::route(config, snapshot, &a, &Force::default()).ok());
             eval::Outcome {
                 id: line_id(line),
                 expected: *expected,
                 // A request that cannot be routed counts as wrong.
-                got: got.unwrap_or(match expected {
-                    Tier::Fast => Tier::Heavy,
-                    _ => Tier::Fast,
-                }),
+                got: decided.as_ref().map_or(
+                    match expected {
+                        Tier::Fast => Tier::Heavy,
+                        _ => Tier::Fast,
+                    },
+                    |d| d.tier,
+                ),
+                confidence: decided.as_ref().map_or(1.0, |d| d.confidence),
             }
         })
         .collect()
@@ -758,7 +882,7 @@ fn cross_validate(
             .chain(extra)
             .map(example)
             .collect();
-        let analyzer = Analyzer::with_model(model::train(&examples, options, 0));
+        let analyzer = Analyzer::with_model(model::train_calibrated(&examples, options, 0));
         let held_out: Vec<Labelled> = lines
             .iter()
             .zip(&fold_of)
@@ -825,7 +949,7 @@ fn train_command(args: TrainArgs) -> Result<(), Failure> {
             tier: *tier,
         })
         .collect();
-    let trained = model::train(
+    let trained = model::train_calibrated(
         &examples,
         args.options.options(),
         training_fingerprint(&contents),
@@ -837,6 +961,42 @@ fn train_command(args: TrainArgs) -> Result<(), Failure> {
         examples.len(),
         files.len(),
         args.out.display()
+    );
+    Ok(())
+}
+
+fn train_from_feedback(config: &Config) -> Result<(), Failure> {
+    let store = crate::feedback::Store::default_store().ok_or_else(|| {
+        usage("no state directory: set TRIAGE_STATE_DIR to where feedback is recorded")
+    })?;
+    let loaded = store.load();
+    if let Some(p) = &loaded.problem {
+        eprintln!("warning: {p}");
+    }
+    if loaded.records.is_empty() {
+        return Err(usage(format!(
+            "no overrides recorded in {} yet: force a tier (`triage ask --tier heavy …`, the editor's tier choice or \"Ask the heavy model\") and train again",
+            store.path().display()
+        )));
+    }
+    let base = analyzer()?;
+    let delta = crate::feedback::learn(base.model(), &loaded.records);
+    store.save_delta(&delta).map_err(|e| {
+        usage(format!(
+            "cannot write {}: {e}",
+            store.delta_path().display()
+        ))
+    })?;
+    let moved = loaded.records.iter().filter(|r| r.tier != r.routed).count();
+    eprintln!(
+        "learned from {} overrides ({moved} against the router's choice); wrote {} — triage loads it at start{}",
+        loaded.records.len(),
+        store.delta_path().display(),
+        if config.feedback.enabled {
+            ""
+        } else {
+            " (but `[feedback] enabled = false` in your configuration: it is not applied)"
+        }
     );
     Ok(())
 }
@@ -873,10 +1033,12 @@ fn engine(config: Config) -> Result<(Engine, backend::Client), Failure> {
     if let Some(problem) = problem {
         eprintln!("triage: {problem}");
     }
-    Ok((
-        Engine::new(config, client.clone(), analyzer()?, stats),
-        client,
-    ))
+    let analyzer = user_analyzer(&config)?;
+    let mut engine = Engine::new(config, client.clone(), analyzer, stats);
+    if let Some(store) = crate::feedback::Store::default_store() {
+        engine = engine.with_feedback(std::sync::Arc::new(store));
+    }
+    Ok((engine, client))
 }
 
 fn save_stats(engine: &Engine) {

@@ -259,6 +259,20 @@ impl Default for LimitsConfig {
     }
 }
 
+/// Learning from the user's overrides (`feedback` module): `enabled = false` records nothing
+/// and ignores what was learned.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeedbackConfig {
+    pub enabled: bool,
+}
+
+impl Default for FeedbackConfig {
+    fn default() -> Self {
+        FeedbackConfig { enabled: true }
+    }
+}
+
 /// The whole validated configuration.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Config {
@@ -268,6 +282,7 @@ pub struct Config {
     pub completion: CompletionConfig,
     pub latency: LatencyConfig,
     pub limits: LimitsConfig,
+    pub feedback: FeedbackConfig,
 }
 
 impl Config {
@@ -312,6 +327,8 @@ struct RawConfig {
     #[serde(default)]
     latency: Option<LatencyConfig>,
     limits: Option<LimitsConfig>,
+    #[serde(default)]
+    feedback: Option<FeedbackConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -655,6 +672,7 @@ fn build(raw: RawConfig, ollama_host: Option<&str>) -> Result<Config, ConfigErro
         completion,
         latency,
         limits,
+        feedback: raw.feedback.unwrap_or_default(),
     })
 }
 

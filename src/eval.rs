@@ -1,6 +1,11 @@
 //! Labelled routing data: reading JSON Lines records (with line-numbered errors that do not stop
 //! the other lines), scoring predictions against labels (accuracy, confusion matrix, severe
-//! fast↔heavy misroutes), and k-fold splits for cross-validation.
+//! fast↔heavy misroutes, expected calibration error), the per-source table of a
+//! leave-one-source-out run, and k-fold splits for cross-validation.
+//!
+//! A *source* is one file under `data/routing/`: one author or one voice (see the data's
+//! README). Leave-one-source-out trains on every source but one and tests on the one left out,
+//! which measures how the router does on requests written by someone it has not read.
 //!
 //! Pure functions over bytes and values; the command line reads the files and trains.
 
@@ -108,6 +113,8 @@ pub struct Outcome {
     pub id: String,
     pub expected: Tier,
     pub got: Tier,
+    /// The probability the router gave the tier it chose (the decision's confidence).
+    pub confidence: f32,
 }
 
 /// Accuracy figures for a set of outcomes.
@@ -121,7 +128,36 @@ pub struct Report {
     /// fast routed to heavy or heavy to fast.
     pub severe: usize,
     pub severe_rate: f64,
+    /// Expected calibration error of the confidences: see [`ece`].
+    pub ece: f64,
     pub misrouted: Vec<Outcome>,
+}
+
+/// Bins of the expected calibration error.
+pub const ECE_BINS: usize = 10;
+
+/// Expected calibration error: outcomes are put into ten equal-width bins by confidence; in
+/// each, the gap between mean confidence and accuracy is weighted by the bin's share. 0 means
+/// "80% sure" is right 80% of the time.
+pub fn ece(outcomes: &[Outcome]) -> f64 {
+    if outcomes.is_empty() {
+        return 0.0;
+    }
+    let mut bins = [(0usize, 0f64, 0usize); ECE_BINS];
+    for o in outcomes {
+        let c = o.confidence.clamp(0.0, 1.0) as f64;
+        let b = ((c * ECE_BINS as f64) as usize).min(ECE_BINS - 1);
+        bins[b].0 += 1;
+        bins[b].1 += c;
+        bins[b].2 += usize::from(o.expected == o.got);
+    }
+    bins.iter()
+        .filter(|(n, _, _)| *n > 0)
+        .map(|&(n, conf, correct)| {
+            let n = n as f64;
+            (n / outcomes.len() as f64) * (conf / n - correct as f64 / n).abs()
+        })
+        .sum()
 }
 
 /// Scores outcomes.
@@ -148,6 +184,7 @@ pub fn report(outcomes: &[Outcome]) -> Report {
         confusion,
         severe,
         severe_rate: rate(severe),
+        ece: ece(outcomes),
         misrouted: outcomes
             .iter()
             .filter(|o| o.expected != o.got)
@@ -161,12 +198,13 @@ impl Report {
     pub fn render(&self) -> String {
         let mut s = String::new();
         s.push_str(&format!(
-            "accuracy: {:.1}% ({}/{})\nsevere misroutes (fast<->heavy): {} ({:.1}%)\n\n",
+            "accuracy: {:.1}% ({}/{})\nsevere misroutes (fast<->heavy): {} ({:.1}%)\nexpected calibration error: {:.3}\n\n",
             self.accuracy * 100.0,
             self.correct,
             self.total,
             self.severe,
-            self.severe_rate * 100.0
+            self.severe_rate * 100.0,
+            self.ece
         ));
         s.push_str("confusion (rows: expected, columns: routed)\n");
         s.push_str("            fast  coder  heavy\n");
@@ -198,6 +236,73 @@ impl Report {
         }
         s
     }
+}
+
+/// One source's result in a leave-one-source-out run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SourceReport {
+    /// The file's name without `.jsonl`.
+    pub source: String,
+    pub report: Report,
+}
+
+/// The table `triage eval --loso` prints: one row per source, then all sources together, then
+/// the misrouted ids per source.
+pub fn render_loso(rows: &[SourceReport], overall: &Report) -> String {
+    let mut s = String::from(
+        "leave-one-source-out: each source is tested by a model trained (and calibrated) on all the others\n\n",
+    );
+    s.push_str(&format!(
+        "  {:<18} {:>5} {:>9} {:>13} {:>7}\n",
+        "source", "n", "accuracy", "severe", "ECE"
+    ));
+    let row = |name: &str, r: &Report| {
+        format!(
+            "  {:<18} {:>5} {:>8.1}% {:>6} ({:>4.1}%) {:>7.3}\n",
+            name,
+            r.total,
+            r.accuracy * 100.0,
+            r.severe,
+            r.severe_rate * 100.0,
+            r.ece
+        )
+    };
+    for r in rows {
+        s.push_str(&row(&r.source, &r.report));
+    }
+    s.push_str(&row("all", overall));
+    let worst = rows
+        .iter()
+        .min_by(|a, b| a.report.accuracy.total_cmp(&b.report.accuracy));
+    if let Some(w) = worst {
+        s.push_str(&format!(
+            "\nlowest source: {} at {:.1}%; most severe: {:.1}%\n",
+            w.source,
+            w.report.accuracy * 100.0,
+            rows.iter()
+                .map(|r| r.report.severe_rate)
+                .fold(0.0, f64::max)
+                * 100.0
+        ));
+    }
+    for r in rows.iter().filter(|r| !r.report.misrouted.is_empty()) {
+        s.push_str(&format!("\nmisrouted in {}:\n", r.source));
+        for o in &r.report.misrouted {
+            let severe = matches!(
+                (o.expected, o.got),
+                (Tier::Fast, Tier::Heavy) | (Tier::Heavy, Tier::Fast)
+            );
+            s.push_str(&format!(
+                "  {}  expected {} got {} ({:.0}%){}\n",
+                o.id,
+                o.expected,
+                o.got,
+                o.confidence * 100.0,
+                if severe { "  (severe)" } else { "" }
+            ));
+        }
+    }
+    s
 }
 
 /// Assigns each of `n` items to one of `k` folds, shuffled with a fixed seed so that runs are
@@ -270,6 +375,7 @@ mod tests {
             id: id.into(),
             expected,
             got,
+            confidence: 0.9,
         };
         let r = report(&[
             o("1", Tier::Fast, Tier::Fast),

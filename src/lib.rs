@@ -4,8 +4,9 @@
 //! The flow of one request, one module per stage (see ARCHITECTURE.md):
 //! `analyze` (what is asked) → `route` (which model, given `vram` and `config`) → `context`
 //! (the prompt) → `backend` (the model server), run end to end by `engine`.
-//! `eval` scores routing on labelled data; `cli` is the command line; `lsp` and `gateway` are
-//! the front ends (editors, HTTP clients).
+//! `eval` scores routing on labelled data; `feedback` records the user's overrides and keeps
+//! what was learned from them; `cli` is the command line; `lsp` and `gateway` are the front
+//! ends (editors, HTTP clients).
 
 pub mod analyze;
 pub mod backend;
@@ -14,6 +15,7 @@ pub mod config;
 pub mod context;
 pub mod engine;
 pub mod eval;
+pub mod feedback;
 pub mod gateway;
 pub mod lsp;
 pub mod route;

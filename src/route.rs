@@ -146,7 +146,7 @@ fn route_inner(
     let mut expected = Vec::new();
     let mut reasons = analysis.reasons.clone();
     let mut warning = None;
-    let order = preference_order(analysis.scores.ranking()[0]);
+    let order = preference_order(analysis.recommended());
     if snapshot.gpu.is_none() {
         reasons.push("no GPU seen: decided by analysis alone".to_string());
     }
@@ -616,7 +616,7 @@ fn choose_by_latency(
     reasons: &mut Vec<String>,
     warning: &mut Option<String>,
 ) -> (Tier, Vec<Expected>) {
-    let preferred = analysis.scores.ranking()[0];
+    let preferred = analysis.recommended();
     let budget = latency.budget_s.max(0.1);
     let all: Vec<Expected> = config
         .enabled_tiers()

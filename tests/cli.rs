@@ -429,3 +429,83 @@ fn latency_flags_are_checked() {
         "{v}"
     );
 }
+
+/// `eval --loso DIR`: one row per source file, each tested by a model trained on the others,
+/// with severe misroutes and the calibration error; fewer than two sources is a usage error.
+#[test]
+fn eval_loso_reports_every_source() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let line = |id: &str, prompt: &str, tier: &str| {
+        format!(
+            "{}\n",
+            serde_json::json!({"id": id, "prompt": prompt, "tier": tier})
+        )
+    };
+    let sets = [
+        (
+            "alpha",
+            [
+                "hello there",
+                "write a rust function that sorts names",
+                "design a sharded queue for 1M rps",
+            ],
+        ),
+        (
+            "beta",
+            [
+                "hi, thanks a lot",
+                "regex for email addresses",
+                "threat model our upload service",
+            ],
+        ),
+        (
+            "gamma",
+            [
+                "good morning",
+                "fix this python loop",
+                "plan our monolith migration across 40 services",
+            ],
+        ),
+    ];
+    for (name, prompts) in sets {
+        let text: String = prompts
+            .iter()
+            .zip(["fast", "coder", "heavy"])
+            .enumerate()
+            .map(|(i, (p, t))| line(&format!("{name}-{i}"), p, t))
+            .collect();
+        std::fs::write(dir.path().join(format!("{name}.jsonl")), text).expect("write");
+    }
+    let path = dir.path().to_str().expect("utf-8");
+    let o = run(&["eval", "--loso", path]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("leave-one-source-out"), "{text}");
+    for name in ["alpha", "beta", "gamma", "all"] {
+        assert!(
+            text.lines().any(|l| l.trim_start().starts_with(name)),
+            "{name} row missing: {text}"
+        );
+    }
+    assert!(text.contains("ECE"), "{text}");
+    let o = run(&["eval", "--loso", path, "--json"]);
+    let v = json(&o);
+    assert_eq!(v["sources"].as_array().map(Vec::len), Some(3));
+    assert_eq!(v["all"]["total"], 9);
+    assert!(v["all"]["ece"].is_number());
+
+    let one = tempfile::tempdir().expect("tempdir");
+    std::fs::write(one.path().join("only.jsonl"), line("x", "hi", "fast")).expect("write");
+    let o = run(&["eval", "--loso", one.path().to_str().expect("utf-8")]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("at least two"), "{}", stderr(&o));
+}
+
+/// The shipped model's confidences mean what they say on data it was not trained on.
+#[test]
+fn builtin_model_is_calibrated_on_the_holdout_set() {
+    let o = run(&["eval", "--json", "data/routing/holdout.jsonl"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ece = json(&o)["ece"].as_f64().expect("ece");
+    assert!(ece <= 0.05, "expected calibration error rose to {ece}");
+}

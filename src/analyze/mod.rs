@@ -2,9 +2,32 @@
 //! action that asked) to an [`Analysis`]: prose language, intent, shell and code detection,
 //! complexity, token counts and a score per tier, with the reasons behind them.
 //!
-//! It owns the signals (`signals`), the learned tier classifier (`model`) and token counting
-//! (`tokens`). It does no I/O and knows nothing of VRAM or endpoints: turning scores into a model
-//! choice is `route`'s job.
+//! It owns the signals (`signals`), the learned tier classifier (`model`, with calibrated
+//! probabilities and an optional per-user [`model::Delta`]), token counting (`tokens`) and the
+//! expected-cost rule that turns probabilities into the tier the analysis recommends
+//! ([`Analysis::recommended`]). It does no I/O and knows nothing of VRAM or endpoints: turning
+//! the recommendation into a model that can run now is `route`'s job.
+//!
+//! ## The cost rule
+//!
+//! The recommended tier is the one with the least expected cost under the calibrated
+//! probabilities, `Σ_t p(t) · COST[t][chosen]`, with this matrix (rows: the right tier,
+//! columns: the tier chosen):
+//!
+//! | right ↓ / chosen → | fast | coder | heavy |
+//! |---|---|---|---|
+//! | fast  | 0 | 1 | 4 |
+//! | coder | 1 | 0 | 1 |
+//! | heavy | 4 | 1 | 0 |
+//!
+//! A neighbour mistake (one tier too big: slower, more VRAM; one too small: a weaker answer)
+//! costs 1. A fast↔heavy mistake costs 4: a 70B model loaded for "hello", or a 3B model
+//! answering a concurrency bug. So when the probabilities split between fast and heavy the
+//! coder tier wins (at fast 45% / heavy 45% coder costs 0.9, the others 1.9), and heavy needs a
+//! clear lead over fast to be chosen. Between equal costs the more probable tier wins, then the
+//! cheaper one. Heavier severe costs (6, 8)
+//! were tried: they cut few more severe misroutes and cost more neighbour mistakes in the
+//! leave-one-source-out evaluation (BENCHMARKS.md).
 
 pub mod model;
 pub mod signals;
@@ -107,7 +130,39 @@ impl Scores {
         tiers.sort_by(|a, b| self.get(*b).total_cmp(&self.get(*a)).then(a.cmp(b)));
         tiers
     }
+
+    fn as_array(&self) -> [f32; 3] {
+        [self.fast, self.coder, self.heavy]
+    }
+
+    /// The expected cost of choosing each tier, in `Tier::ALL` order (see the module docs).
+    pub fn expected_costs(&self) -> [f32; 3] {
+        let p = self.as_array();
+        let mut cost = [0f32; 3];
+        for (chosen, c) in cost.iter_mut().enumerate() {
+            *c = (0..3).map(|right| p[right] * COST[right][chosen]).sum();
+        }
+        cost
+    }
+
+    /// The tier of least expected cost; between equal costs the more probable tier, then the
+    /// cheaper one.
+    pub fn cheapest_expected(&self) -> Tier {
+        let cost = self.expected_costs();
+        let mut best = Tier::Fast;
+        for tier in Tier::ALL {
+            let (c, b) = (cost[tier.index()], cost[best.index()]);
+            if c < b - 1e-6 || (c <= b + 1e-6 && self.get(tier) > self.get(best)) {
+                best = tier;
+            }
+        }
+        best
+    }
 }
+
+/// `COST[right][chosen]`: what routing a request whose right tier is `right` to `chosen` costs,
+/// in units of one over-serving neighbour mistake. See the module docs for the reasoning.
+pub const COST: [[f32; 3]; 3] = [[0.0, 1.0, 4.0], [1.0, 0.0, 1.0], [4.0, 1.0, 0.0]];
 
 /// Everything the router needs to know about a request.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -127,6 +182,14 @@ pub struct Analysis {
     pub reasons: Vec<String>,
 }
 
+impl Analysis {
+    /// The tier the analysis recommends: the least expected cost under the calibrated scores.
+    /// `route` starts from it and moves only for VRAM, configuration or a forced choice.
+    pub fn recommended(&self) -> Tier {
+        self.scores.cheapest_expected()
+    }
+}
+
 /// A request the analyser refuses.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Error {
@@ -138,10 +201,11 @@ pub enum Error {
     PromptTooLarge(usize),
 }
 
-/// Analyses requests with a trained model.
+/// Analyses requests with a trained model and, when the user has taught it, their delta.
 #[derive(Clone)]
 pub struct Analyzer {
     model: model::Model,
+    delta: Option<std::sync::Arc<model::Delta>>,
 }
 
 impl Analyzer {
@@ -151,15 +215,60 @@ impl Analyzer {
     }
 
     pub fn with_model(model: model::Model) -> Analyzer {
-        Analyzer { model }
+        Analyzer { model, delta: None }
+    }
+
+    /// The same analyser adapted by a user's delta. A delta trained against another model (an
+    /// older triage) would move the wrong weights, so it is refused: `Err` gives it back.
+    pub fn with_delta(self, delta: model::Delta) -> Result<Analyzer, model::Delta> {
+        if delta.base_fingerprint != self.model.data_fingerprint {
+            return Err(delta);
+        }
+        Ok(Analyzer {
+            delta: (!delta.is_empty()).then(|| std::sync::Arc::new(delta)),
+            ..self
+        })
+    }
+
+    /// This analyser without the user's delta.
+    pub fn without_delta(&self) -> Analyzer {
+        Analyzer::with_model(self.model.clone())
+    }
+
+    pub fn has_delta(&self) -> bool {
+        self.delta.is_some()
+    }
+
+    pub fn model(&self) -> &model::Model {
+        &self.model
     }
 
     pub fn analyze(&self, query: &Query) -> Result<Analysis, Error> {
-        analyze(&self.model, query)
+        analyze(&self.model, self.delta.as_deref(), query)
+    }
+
+    /// The hashed features the classifier reads for a query: what feedback records (never the
+    /// text).
+    pub fn features(&self, query: &Query) -> model::Features {
+        let selection = query.selection.filter(|s| !s.trim().is_empty());
+        let prompt = query.prompt.trim();
+        let signals = signals::read(prompt, selection);
+        model::features(
+            &model::Input {
+                prompt,
+                selection,
+                language_id: query.language_id,
+            },
+            &signals,
+        )
     }
 }
 
-fn analyze(model: &model::Model, query: &Query) -> Result<Analysis, Error> {
+fn analyze(
+    model: &model::Model,
+    delta: Option<&model::Delta>,
+    query: &Query,
+) -> Result<Analysis, Error> {
     let selection = query.selection.filter(|s| !s.trim().is_empty());
     if query.prompt.len() > MAX_PROMPT_BYTES {
         return Err(Error::PromptTooLarge(query.prompt.len()));
@@ -216,7 +325,7 @@ fn analyze(model: &model::Model, query: &Query) -> Result<Analysis, Error> {
     }
 
     let greeting = signals.greeting;
-    let probabilities = model.predict(
+    let features = model::features(
         &model::Input {
             prompt,
             selection,
@@ -224,7 +333,19 @@ fn analyze(model: &model::Model, query: &Query) -> Result<Analysis, Error> {
         },
         &signals,
     );
-    let mut scores = Scores::from_array(probabilities);
+    let base = model.logits(&features.items);
+    let mut scores = Scores::from_array(model.probabilities(base));
+    let mut adapted = None;
+    if let Some(delta) = delta {
+        let extra = delta.logits(features.text());
+        if extra.iter().any(|z| z.abs() > 1e-3) {
+            let calibrated = base.map(|z| z / model.temperature);
+            let z = [0, 1, 2].map(|c| calibrated[c] + extra[c]);
+            let before = scores;
+            scores = Scores::from_array(model::softmax(z));
+            adapted = Some((before, delta.examples));
+        }
+    }
 
     // Rules that override the classifier: each is certain enough that a learned weight should
     // not be able to argue with it.
@@ -247,18 +368,40 @@ fn analyze(model: &model::Model, query: &Query) -> Result<Analysis, Error> {
     } else {
         let top = scores.ranking()[0];
         reasons.push(format!(
-            "classifier: {top} ({:.0}%; fast {:.0}%, coder {:.0}%, heavy {:.0}%)",
+            "classifier: {top} ({:.0}%; fast {:.0}%, coder {:.0}%, heavy {:.0}%, calibrated)",
             scores.get(top) * 100.0,
             scores.fast * 100.0,
             scores.coder * 100.0,
             scores.heavy * 100.0
         ));
+        if let Some((before, examples)) = adapted {
+            reasons.push(format!(
+                "adapted to your {examples} earlier override{}: before them fast {:.0}%, coder {:.0}%, heavy {:.0}%",
+                if examples == 1 { "" } else { "s" },
+                before.fast * 100.0,
+                before.coder * 100.0,
+                before.heavy * 100.0
+            ));
+        }
+        let chosen = scores.cheapest_expected();
+        let cost = scores.expected_costs();
+        if chosen != top {
+            reasons.push(format!(
+                "expected cost picks {chosen} over {top}: fast {:.2}, coder {:.2}, heavy {:.2} (a fast↔heavy mistake costs 4, a neighbour one 1)",
+                cost[0], cost[1], cost[2]
+            ));
+        } else {
+            reasons.push(format!(
+                "expected cost: {chosen} is cheapest (fast {:.2}, coder {:.2}, heavy {:.2})",
+                cost[0], cost[1], cost[2]
+            ));
+        }
     }
 
     let intent = if greeting {
         Intent::SmallTalk
     } else {
-        match scores.ranking()[0] {
+        match scores.cheapest_expected() {
             Tier::Fast => Intent::ShortQuestion,
             Tier::Heavy => Intent::Design,
             Tier::Coder if shell => Intent::ShellCommand,
@@ -521,6 +664,68 @@ mod tests {
         assert!((0.0..=1.0).contains(&a.complexity));
         assert_eq!(a.scores.ranking()[0], Tier::Heavy);
         assert!(a.complexity > 0.5);
+    }
+
+    #[test]
+    fn expected_cost_avoids_the_severe_mistake() {
+        let split = Scores {
+            fast: 0.45,
+            coder: 0.10,
+            heavy: 0.45,
+        };
+        // The top probabilities are fast and heavy, but either is a gamble on a severe
+        // mistake: coder costs 0.9 against 1.9 for each of the others.
+        assert_eq!(split.cheapest_expected(), Tier::Coder);
+        let cost = split.expected_costs();
+        assert!(
+            (cost[1] - 0.9).abs() < 1e-5 && (cost[0] - 1.9).abs() < 1e-5,
+            "{cost:?}"
+        );
+        // A clear lead wins.
+        let sure = Scores {
+            fast: 0.7,
+            coder: 0.25,
+            heavy: 0.05,
+        };
+        assert_eq!(sure.cheapest_expected(), Tier::Fast);
+        // Heavy with a fast runner-up needs more of a lead than with a coder runner-up.
+        let heavy_vs_fast = Scores {
+            fast: 0.40,
+            coder: 0.05,
+            heavy: 0.55,
+        };
+        assert_eq!(heavy_vs_fast.ranking()[0], Tier::Heavy);
+        assert_eq!(heavy_vs_fast.cheapest_expected(), Tier::Coder);
+        let heavy_vs_coder = Scores {
+            fast: 0.05,
+            coder: 0.35,
+            heavy: 0.60,
+        };
+        assert_eq!(heavy_vs_coder.cheapest_expected(), Tier::Heavy);
+        // Equal costs: the more probable tier, then the cheaper one.
+        let even = Scores {
+            fast: 0.1,
+            coder: 0.3,
+            heavy: 0.6,
+        };
+        assert_eq!(even.cheapest_expected(), Tier::Heavy);
+        let tie = Scores {
+            fast: 0.5,
+            coder: 0.5,
+            heavy: 0.0,
+        };
+        assert_eq!(tie.cheapest_expected(), Tier::Fast);
+    }
+
+    #[test]
+    fn the_analysis_recommends_by_cost_and_says_so() {
+        let a = analyze_prompt("design a sharded rate limiter for 1M rps across three regions");
+        assert_eq!(a.recommended(), a.scores.cheapest_expected());
+        assert!(
+            a.reasons.iter().any(|r| r.starts_with("expected cost")),
+            "{:?}",
+            a.reasons
+        );
     }
 
     #[test]

@@ -195,6 +195,8 @@ pub struct Engine {
     breakers: std::sync::Arc<Breakers>,
     residency: std::sync::Arc<residency::Tracker>,
     limiter: std::sync::Arc<limits::Limiter>,
+    /// Where overrides are recorded (`feedback`); `None` records nothing.
+    feedback: Option<std::sync::Arc<crate::feedback::Store>>,
 }
 
 /// How one attempt ended badly.
@@ -233,6 +235,15 @@ impl Engine {
             breakers: std::sync::Arc::default(),
             residency: std::sync::Arc::default(),
             limiter: std::sync::Arc::default(),
+            feedback: None,
+        }
+    }
+
+    /// The same engine recording forced requests into `store` (when `[feedback] enabled`).
+    pub fn with_feedback(self, store: std::sync::Arc<crate::feedback::Store>) -> Engine {
+        Engine {
+            feedback: Some(store),
+            ..self
         }
     }
 
@@ -258,6 +269,7 @@ impl Engine {
             breakers: self.breakers.clone(),
             residency: self.residency.clone(),
             limiter: self.limiter.clone(),
+            feedback: self.feedback.clone(),
         }
     }
 
@@ -294,14 +306,62 @@ impl Engine {
         request: &Request,
         snapshot: &Snapshot,
     ) -> Result<(Analysis, Decision), Error> {
-        let analysis = self
-            .analyzer
+        // With feedback off, what was learned from the user's overrides is not applied either.
+        let plain;
+        let analyzer = if self.config.feedback.enabled || !self.analyzer.has_delta() {
+            &self.analyzer
+        } else {
+            plain = self.analyzer.without_delta();
+            &plain
+        };
+        let analysis = analyzer
             .analyze(&request.query())
             .map_err(|e| Error::Input(e.to_string()))?;
         let decision = self
             .route(request, snapshot, &analysis)
             .map_err(|e| Error::Input(e.to_string()))?;
         Ok((analysis, decision))
+    }
+
+    /// Records a forced request's features and tier (`feedback`), off the async thread.
+    async fn record_override(&self, request: &Request) {
+        let Some(store) = self
+            .feedback
+            .clone()
+            .filter(|_| self.config.feedback.enabled)
+        else {
+            return;
+        };
+        // A forced model that is some tier's model means that tier (as `route` reads it).
+        let model_tier = request.force.model.as_deref().and_then(|m| {
+            Tier::ALL
+                .into_iter()
+                .find(|t| self.config.tier(*t).model == m)
+        });
+        let Some(tier) = crate::feedback::forced_tier(
+            request.force.tier,
+            request.force.model.as_deref(),
+            model_tier,
+            request.action == Some(Action::AskHeavy),
+        ) else {
+            return;
+        };
+        let Ok(analysis) = self.analyzer.analyze(&request.query()) else {
+            return;
+        };
+        let features = self.analyzer.features(&request.query());
+        let record = crate::feedback::Record::new(
+            &features,
+            tier,
+            analysis.recommended(),
+            crate::feedback::now(),
+        );
+        match tokio::task::spawn_blocking(move || store.record(record)).await {
+            Ok(Ok(None)) => debug!(%tier, "override recorded"),
+            Ok(Ok(Some(problem))) => warn!(%problem, "feedback file replaced"),
+            Ok(Err(e)) => warn!(error = %e, "could not record the override"),
+            Err(e) => warn!(error = %e, "could not record the override"),
+        }
     }
 
     /// The request's latency budget in seconds.
@@ -347,6 +407,8 @@ impl Engine {
         snapshot: &Snapshot,
         progress: &mut (dyn FnMut(Progress<'_>) + Send),
     ) -> Result<Answer, Error> {
+        // Only the user's own request counts as an override, not a cascade's second ask.
+        self.record_override(request).await;
         let answer = self.run_once(request, snapshot, progress).await?;
         if request.urgency == Urgency::Typed {
             self.residency.typed(answer.tier);

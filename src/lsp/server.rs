@@ -111,13 +111,25 @@ impl State {
         if let Some(problem) = &stats_problem {
             tracing::warn!("{problem}");
         }
-        let analyzer = analyze::Analyzer::builtin()?;
+        let mut analyzer = analyze::Analyzer::builtin()?;
+        let store = crate::feedback::Store::default_store().map(Arc::new);
+        if let (Some(store), true) = (&store, config.feedback.enabled) {
+            let (adapted, problem) = crate::feedback::adapt(analyzer, store);
+            if let Some(problem) = problem {
+                tracing::warn!(%problem, "feedback delta not used");
+            }
+            analyzer = adapted;
+        }
+        let mut engine = Engine::new(config.clone(), client.clone(), analyzer, stats);
+        if let Some(store) = store {
+            engine = engine.with_feedback(store);
+        }
         let monitor = Monitor::new(&config, client.clone());
         Ok(State {
             docs: Mutex::default(),
             encoding: RwLock::new(Encoding::Utf16),
             sources,
-            engine: RwLock::new(Arc::new(Engine::new(config, client, analyzer, stats))),
+            engine: RwLock::new(Arc::new(engine)),
             monitor: RwLock::new(monitor),
             hover_cache: Mutex::default(),
             fim_capable: Mutex::default(),

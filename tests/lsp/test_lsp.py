@@ -8,6 +8,7 @@ the model is read back from its `GET /_test/requests`.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from typing import Any
@@ -1205,3 +1206,31 @@ async def test_busy_model_queues_refuses_past_the_queue_and_a_cancelled_wait_lea
     backend.set_fault(FAST, {"kind": "ok"})
     answer = await bounded(client.request("triage/chat", {"prompt": "again", "tier": "fast"}))
     assert answer["text"] == answer_for(FAST)
+
+
+# --------------------------------------------------------------------------------------------
+# feedback: forced tiers are recorded (hashed features only) unless `[feedback] enabled = false`
+
+
+async def test_forced_tiers_are_recorded_as_feedback_unless_off(launch, backend, tmp_path):
+    client = await launch()
+    await initialize(client)
+    open_document(client, PYTHON_URI, PYTHON_TEXT, "python")
+    await bounded(client.request("triage/chat", {"prompt": "explain secretmarker", "tier": "heavy"}))
+    await execute(client, "triage.ask", [{"uri": PYTHON_URI, "range": range_json(span(0, 0, 2, 0))}])
+    await bounded(client.request("triage/chat", {"prompt": "hello"}))  # not forced: not recorded
+    path = tmp_path / "server" / "state" / "feedback.json"
+
+    def recorded() -> list[dict[str, Any]]:
+        return json.loads(path.read_text())["records"] if path.exists() else []
+
+    await eventually(lambda: len(recorded()) == 2, timeout=5, what="two feedback records")
+    assert [r["tier"] for r in recorded()] == ["heavy", "heavy"]
+    text = path.read_text()
+    assert "secretmarker" not in text and "greet" not in text, "only hashed feature ids are kept"
+
+    off = await launch(toml="[feedback]\nenabled = false\n", name="off")
+    await initialize(off)
+    answer = await bounded(off.request("triage/chat", {"prompt": "hello", "tier": "heavy"}))
+    assert answer["tier"] == "heavy"
+    assert not (tmp_path / "off" / "state" / "feedback.json").exists()
