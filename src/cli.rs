@@ -127,6 +127,13 @@ pub struct AskArgs {
     /// Print one JSON object at the end instead of streaming.
     #[arg(long)]
     pub json: bool,
+    /// Retrieve context from this folder's files. Default: the git work tree the current
+    /// directory is in, if any.
+    #[arg(long, value_name = "DIR", conflicts_with = "no_workspace")]
+    pub workspace: Option<PathBuf>,
+    /// No workspace context, even inside a git work tree.
+    #[arg(long)]
+    pub no_workspace: bool,
     #[command(flatten)]
     pub request: RequestArgs,
 }
@@ -1055,9 +1062,32 @@ fn ask_command(config: Config, args: AskArgs) -> Result<(), Failure> {
     } else {
         args.prompt.clone()
     };
+    let workspace = ask_workspace(&config, &args)?;
+    let selection = args.request.selection()?;
+    let focus = match (&selection, &args.request.selection_file) {
+        (Some(text), Some(path)) => {
+            let absolute = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+            let name = match &workspace {
+                Some(ws) => ws.display(&absolute),
+                None => path.display().to_string(),
+            };
+            let lines = text.lines().count().max(1) as u32 - 1;
+            Some(crate::context::Focus {
+                document: crate::context::Document {
+                    name,
+                    path: Some(absolute),
+                    text: ropey::Rope::from_str(text),
+                    language_id: args.request.language.clone().unwrap_or_default(),
+                    version: None,
+                },
+                lines: Some((0, lines)),
+            })
+        }
+        _ => None,
+    };
     let request = engine::Request {
         prompt,
-        selection: args.request.selection()?,
+        selection,
         language_id: args.request.language.clone(),
         action: None,
         force: args.request.force()?,
@@ -1065,6 +1095,9 @@ fn ask_command(config: Config, args: AskArgs) -> Result<(), Failure> {
         urgency: engine::Urgency::Typed,
         cascade: args.request.cascade()?,
         conversation: None,
+        focus,
+        open_documents: Vec::new(),
+        workspace: workspace.clone(),
     };
     let simulated = if args.request.gpu.given() {
         Some(args.request.gpu.snapshot(&config)?)
@@ -1075,6 +1108,18 @@ fn ask_command(config: Config, args: AskArgs) -> Result<(), Failure> {
     let json = args.json;
     let in_use = args.request.gpu.in_use.clone();
     let result = runtime()?.block_on(async {
+        // The index builds while the GPU and backends are read.
+        let building = workspace.clone().map(|ws| {
+            tokio::task::spawn_blocking(move || {
+                let started = std::time::Instant::now();
+                ws.build(&mut |_| {});
+                tracing::info!(
+                    files = ws.status().files,
+                    ms = started.elapsed().as_millis() as u64,
+                    "workspace indexed"
+                );
+            })
+        });
         let snapshot = match simulated {
             Some(s) => s,
             None => {
@@ -1088,6 +1133,9 @@ fn ask_command(config: Config, args: AskArgs) -> Result<(), Failure> {
             .iter()
             .map(|m| engine.residency().begin(m.trim()))
             .collect();
+        if let Some(building) = building {
+            let _ = building.await;
+        }
         let mut stdout = std::io::stdout();
         let mut attempts = 0;
         let mut progress = |p: Progress<'_>| match p {
@@ -1173,6 +1221,53 @@ fn ask_command(config: Config, args: AskArgs) -> Result<(), Failure> {
     }
 }
 
+/// The workspace `ask` retrieves from: `--workspace DIR`, else the git work tree around the
+/// current directory, unless `--no-workspace` or `[context] workspace = false`.
+fn ask_workspace(
+    config: &Config,
+    args: &AskArgs,
+) -> Result<Option<std::sync::Arc<crate::context::Workspace>>, Failure> {
+    // An explicit --workspace wins over `[context] workspace = false`.
+    if args.no_workspace || (args.workspace.is_none() && !config.context.workspace) {
+        return Ok(None);
+    }
+    let root = match &args.workspace {
+        Some(dir) => {
+            if !dir.is_dir() {
+                return Err(usage(format!(
+                    "--workspace {}: not a directory",
+                    dir.display()
+                )));
+            }
+            dir.clone()
+        }
+        None => {
+            let Ok(cwd) = std::env::current_dir() else {
+                return Ok(None);
+            };
+            match git_work_tree(&cwd) {
+                Some(root) => root,
+                None => return Ok(None),
+            }
+        }
+    };
+    let settings = crate::context::workspace::Settings {
+        exclude: config.context.exclude.clone(),
+        max_files: config.context.max_files,
+        max_file_bytes: config.context.max_file_kb * 1024,
+    };
+    crate::context::Workspace::new(vec![root], settings)
+        .map(|ws| Some(std::sync::Arc::new(ws)))
+        .map_err(usage)
+}
+
+/// The top of the git work tree `dir` is in (the nearest folder with a `.git` entry).
+fn git_work_tree(dir: &Path) -> Option<PathBuf> {
+    dir.ancestors()
+        .find(|d| d.join(".git").exists())
+        .map(Path::to_path_buf)
+}
+
 fn answer_summary(a: &engine::Answer) -> String {
     let mut s = format!(
         "[{} · {} · confidence {:.2} · first token {} · total {:.0} ms",
@@ -1196,6 +1291,22 @@ fn answer_summary(a: &engine::Answer) -> String {
         s.push_str(" · cut at max_tokens");
     }
     s.push(']');
+    let used: Vec<String> = a
+        .context
+        .sources
+        .iter()
+        .filter(|c| c.kind != crate::context::SourceKind::Selection)
+        .map(|c| format!("{}:{}–{}", c.path, c.start_line, c.end_line))
+        .collect();
+    if !used.is_empty() {
+        s.push_str(&format!("\ncontext: {}", used.join(", ")));
+    }
+    if !a.context.omitted.is_empty() {
+        s.push_str(&format!(
+            " ({} more left out to fit the window)",
+            a.context.omitted.len()
+        ));
+    }
     s
 }
 

@@ -273,6 +273,38 @@ impl Default for FeedbackConfig {
     }
 }
 
+/// Context for prompts (`[context]`): workspace retrieval, embeddings, extra exclusions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContextConfig {
+    /// Index the workspace folders and retrieve from them.
+    pub workspace: bool,
+    /// An embedding model on an Ollama endpoint (`/api/embed`, e.g. "nomic-embed-text"):
+    /// ranking becomes BM25 and embeddings fused. None: BM25 alone.
+    pub embed_model: Option<String>,
+    /// The endpoint serving `embed_model` (default: the built-in `ollama`).
+    pub embed_endpoint: Option<String>,
+    /// Globs never to read into a prompt, besides the built-in secret files.
+    pub exclude: Vec<String>,
+    /// Files beyond this many are not indexed.
+    pub max_files: usize,
+    /// Files larger than this (KB) are not indexed.
+    pub max_file_kb: u64,
+}
+
+impl Default for ContextConfig {
+    fn default() -> Self {
+        ContextConfig {
+            workspace: true,
+            embed_model: None,
+            embed_endpoint: None,
+            exclude: Vec::new(),
+            max_files: 50_000,
+            max_file_kb: 1024,
+        }
+    }
+}
+
 /// The whole validated configuration.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Config {
@@ -283,6 +315,7 @@ pub struct Config {
     pub latency: LatencyConfig,
     pub limits: LimitsConfig,
     pub feedback: FeedbackConfig,
+    pub context: ContextConfig,
 }
 
 impl Config {
@@ -329,6 +362,7 @@ struct RawConfig {
     limits: Option<LimitsConfig>,
     #[serde(default)]
     feedback: Option<FeedbackConfig>,
+    context: Option<ContextConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -665,6 +699,8 @@ fn build(raw: RawConfig, ollama_host: Option<&str>) -> Result<Config, ConfigErro
     if !seconds_in_range(limits.max_wait_s) {
         return Err(invalid("limits.max_wait_s", SECONDS_RANGE));
     }
+    let context = raw.context.unwrap_or_default();
+    validate_context(&context, &endpoints)?;
     Ok(Config {
         endpoints,
         tiers,
@@ -673,6 +709,7 @@ fn build(raw: RawConfig, ollama_host: Option<&str>) -> Result<Config, ConfigErro
         latency,
         limits,
         feedback: raw.feedback.unwrap_or_default(),
+        context,
     })
 }
 
@@ -729,6 +766,46 @@ pub fn keep_alive_seconds(value: &str) -> Result<Option<f64>, String> {
 
 fn valid_keep_alive(value: &str) -> bool {
     keep_alive_seconds(value).is_ok()
+}
+
+
+fn validate_context(
+    c: &ContextConfig,
+    endpoints: &BTreeMap<String, Endpoint>,
+) -> Result<(), ConfigError> {
+    if c.max_files == 0 {
+        return Err(invalid("context.max_files", "must be at least 1"));
+    }
+    if c.max_file_kb == 0 {
+        return Err(invalid("context.max_file_kb", "must be at least 1"));
+    }
+    if let Some(model) = &c.embed_model {
+        if model.trim().is_empty() {
+            return Err(invalid(
+                "context.embed_model",
+                "must name an embedding model, e.g. \"nomic-embed-text\", or be left out",
+            ));
+        }
+    }
+    let name = c.embed_endpoint.as_deref().unwrap_or(DEFAULT_ENDPOINT);
+    match endpoints.get(name) {
+        None => {
+            return Err(invalid(
+                "context.embed_endpoint",
+                format!("names no endpoint `{name}`: define [endpoints.{name}] or fix the name"),
+            ))
+        }
+        Some(e) if e.kind != EndpointKind::Ollama && c.embed_model.is_some() => {
+            return Err(invalid(
+                "context.embed_endpoint",
+                format!("`{name}` is not an Ollama endpoint: embeddings use Ollama's /api/embed"),
+            ))
+        }
+        Some(_) => {}
+    }
+    crate::context::secrets::PathFilter::new(&c.exclude)
+        .map_err(|e| invalid("context.exclude", e))?;
+    Ok(())
 }
 
 fn validate_tier(
@@ -1021,6 +1098,33 @@ mod tests {
         assert!(e.contains("queue_len"), "{e}");
         let e = err("[limits]\nqueue_size = 3");
         assert!(e.contains("queue_size"), "{e}");
+    }
+
+    #[test]
+    fn context_settings() {
+        let c = from_toml(
+            "[context]\nembed_model = \"nomic-embed-text\"\nexclude = [\"*.sql\", \"fixtures/\"]\nmax_files = 10",
+            "test.toml",
+            None,
+        )
+        .expect("valid");
+        assert_eq!(c.context.embed_model.as_deref(), Some("nomic-embed-text"));
+        assert_eq!(c.context.exclude, ["*.sql", "fixtures/"]);
+        assert_eq!(c.context.max_files, 10);
+        assert!(c.context.workspace);
+        let e = err("[context]\nexclude = [\"src/[\"]");
+        assert!(e.contains("context.exclude") && e.contains("src/["), "{e}");
+        let e = err("[context]\nembed_model = \"m\"\nembed_endpoint = \"nowhere\"");
+        assert!(
+            e.contains("context.embed_endpoint") && e.contains("[endpoints.nowhere]"),
+            "{e}"
+        );
+        let e = err("[endpoints.v]\nkind = \"openai\"\nurl = \"http://h/v1\"\n[context]\nembed_model = \"m\"\nembed_endpoint = \"v\"");
+        assert!(e.contains("not an Ollama endpoint"), "{e}");
+        let e = err("[context]\nmax_files = 0");
+        assert!(e.contains("context.max_files"), "{e}");
+        let e = err("[context]\nembedding = \"x\"");
+        assert!(e.contains("embedding"), "{e}");
     }
 
     #[test]

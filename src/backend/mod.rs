@@ -403,6 +403,41 @@ impl Client {
         Ok(ollama::parse_show(&v))
     }
 
+    /// Embeddings of `inputs` (Ollama `/api/embed`), one vector per input, in order. Bounded
+    /// by `timeout`: embeddings refine a ranking and must never hold a request up for long.
+    pub async fn embed(
+        &self,
+        target: Target<'_>,
+        model: &str,
+        inputs: &[String],
+        timeout: Duration,
+    ) -> Result<Vec<Vec<f32>>, Error> {
+        if target.endpoint.kind != EndpointKind::Ollama {
+            return Err(Error::Unsupported {
+                endpoint: target.name.to_string(),
+                what: "/api/embed",
+            });
+        }
+        let url = join(target, "api/embed");
+        let response = self
+            .post(
+                target,
+                &url,
+                &ollama::embed_body(model, inputs),
+                Some(timeout),
+            )
+            .await?;
+        let response = check_status(target, model, response).await?;
+        let v: serde_json::Value = response.json().await.map_err(|e| Error::Malformed {
+            endpoint: target.name.to_string(),
+            detail: format!("/api/embed: {e}"),
+        })?;
+        ollama::parse_embed(&v, inputs.len()).map_err(|detail| Error::Malformed {
+            endpoint: target.name.to_string(),
+            detail: format!("/api/embed: {detail}"),
+        })
+    }
+
     async fn post(
         &self,
         target: Target<'_>,

@@ -1,5 +1,5 @@
 //! Ollama's native API: request bodies and response parsing for `/api/chat`, `/api/generate`,
-//! `/api/tags`, `/api/ps` and `/api/show`.
+//! `/api/tags`, `/api/ps`, `/api/show` and `/api/embed`.
 
 use std::time::Duration;
 
@@ -243,6 +243,33 @@ pub(super) fn parse_show(v: &Value) -> ModelInfo {
     }
 }
 
+pub(super) fn embed_body(model: &str, inputs: &[String]) -> Value {
+    json!({ "model": model, "input": inputs, "truncate": true })
+}
+
+/// `{"embeddings": [[f32…]…]}`, one vector per input.
+pub(super) fn parse_embed(v: &Value, expected: usize) -> Result<Vec<Vec<f32>>, String> {
+    let Some(list) = v["embeddings"].as_array() else {
+        return Err("no `embeddings` array".to_string());
+    };
+    if list.len() != expected {
+        return Err(format!("{} embeddings for {expected} inputs", list.len()));
+    }
+    list.iter()
+        .map(|e| {
+            e.as_array()
+                .ok_or_else(|| "an embedding is not an array".to_string())?
+                .iter()
+                .map(|x| {
+                    x.as_f64()
+                        .map(|f| f as f32)
+                        .ok_or_else(|| "an embedding holds a non-number".to_string())
+                })
+                .collect()
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,5 +370,18 @@ mod tests {
             Some(1)
         );
         assert!(parse_tags(&json!({"nope":1})).is_empty());
+    }
+
+    #[test]
+    fn embeddings() {
+        let body = embed_body("nomic-embed-text", &["a".into(), "b".into()]);
+        assert_eq!(body["input"], json!(["a", "b"]));
+        assert_eq!(
+            parse_embed(&json!({"embeddings": [[0.5, 1], [0, -1]]}), 2),
+            Ok(vec![vec![0.5, 1.0], vec![0.0, -1.0]])
+        );
+        assert!(parse_embed(&json!({"embeddings": [[0.5]]}), 2).is_err());
+        assert!(parse_embed(&json!({"embeddings": [["x"]]}), 1).is_err());
+        assert!(parse_embed(&json!({"error": "no"}), 1).is_err());
     }
 }

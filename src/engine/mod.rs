@@ -21,6 +21,8 @@ pub mod residency;
 pub mod stats;
 pub mod status;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -29,7 +31,7 @@ use tracing::{debug, info, warn};
 
 use crate::analyze::{Action, Analysis, Analyzer, Query};
 use crate::backend::{self, ChatRequest, Event, Finish, Message, Sampling, Target, Usage};
-use crate::config::{CascadeMode, Config, Tier, TierConfig};
+use crate::config::{CascadeMode, Config, EndpointKind, Tier, TierConfig};
 use crate::context::{self, Budget};
 use crate::route::{self, Candidate, Decision, Force};
 use crate::vram::Snapshot;
@@ -52,6 +54,12 @@ pub struct Request {
     pub cascade: Option<CascadeMode>,
     /// A conversation sent whole by an HTTP client (the gateway); `None` for editor requests.
     pub conversation: Option<Conversation>,
+    /// The document the request came from, with the selection's lines.
+    pub focus: Option<context::Focus>,
+    /// Other open documents.
+    pub open_documents: Vec<context::Document>,
+    /// The workspace index to retrieve from.
+    pub workspace: Option<Arc<context::Workspace>>,
 }
 
 /// How soon the user expects an answer, which sets the default latency budget.
@@ -197,7 +205,26 @@ pub struct Engine {
     limiter: std::sync::Arc<limits::Limiter>,
     /// Where overrides are recorded (`feedback`); `None` records nothing.
     feedback: Option<std::sync::Arc<crate::feedback::Store>>,
+    models: Arc<ModelWindows>,
 }
+
+/// Context lengths the model servers reported (`/api/show`), per endpoint and model; a failed
+/// lookup is retried after [`WINDOW_RETRY`]. Also when the embedding endpoint last failed.
+#[derive(Default)]
+struct ModelWindows {
+    lengths: Mutex<HashMap<ModelKey, (Option<u64>, Instant)>>,
+    embed_failed: Mutex<Option<Instant>>,
+}
+
+/// An endpoint name and a model.
+type ModelKey = (String, String);
+
+/// How long a failed `/api/show` or `/api/embed` is not tried again.
+const WINDOW_RETRY: Duration = Duration::from_secs(30);
+/// `/api/show` on a request's path: a slow server costs at most this once per model.
+const SHOW_TIMEOUT: Duration = Duration::from_millis(800);
+/// Embeddings for hybrid ranking: beyond this, BM25 alone.
+const EMBED_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How one attempt ended badly.
 enum AttemptError {
@@ -236,6 +263,7 @@ impl Engine {
             residency: std::sync::Arc::default(),
             limiter: std::sync::Arc::default(),
             feedback: None,
+            models: Arc::default(),
         }
     }
 
@@ -270,6 +298,7 @@ impl Engine {
             residency: self.residency.clone(),
             limiter: self.limiter.clone(),
             feedback: self.feedback.clone(),
+            models: self.models.clone(),
         }
     }
 
@@ -451,6 +480,7 @@ impl Engine {
         );
         tracing::trace!(prompt = %request.prompt, "prompt");
         progress(Progress::Routed(&decision));
+        let material = self.gather(request).await;
 
         let primary = Candidate {
             tier: decision.tier,
@@ -494,21 +524,25 @@ impl Engine {
             let max_tokens = conversation
                 .and_then(|c| c.max_tokens)
                 .unwrap_or(tier_config.max_tokens);
+            // The window is the configured num_ctx, capped at what the model supports; the
+            // same number goes to Ollama, so nothing is truncated behind our back.
+            let window = self.window(target, &candidate.model, tier_config).await;
             let budget = Budget {
-                context_window: tier_config.num_ctx,
+                context_window: window,
                 // A client asking for more than half the window still leaves room for its prompt.
-                answer: max_tokens.min(tier_config.num_ctx / 2),
+                answer: max_tokens.min(window / 2),
+                calibration: self.stats.calibration(&candidate.model),
             };
             let prompt = match conversation {
                 Some(c) => context::conversation(&c.messages, budget),
-                None => context::assemble(&request.query(), &analysis, budget),
+                None => context::assemble(&request.query(), &analysis, &material, budget),
             };
             let keep_alive = self.keep_alive(candidate, &analysis);
             let chat = ChatRequest {
                 model: candidate.model.clone(),
                 messages: prompt.messages,
                 keep_alive: Some(keep_alive),
-                num_ctx: Some(tier_config.num_ctx),
+                num_ctx: Some(window),
                 max_tokens: Some(max_tokens),
                 sampling: conversation.map(|c| c.sampling.clone()).unwrap_or_default(),
             };
@@ -546,6 +580,18 @@ impl Engine {
                     );
                     self.breakers.success(&candidate.endpoint);
                     let generation = attempt_started.elapsed().saturating_sub(done.first_token);
+                    if let Some(reported) = done.done.usage.map(|u| u.prompt_tokens) {
+                        // Our uncalibrated count of what was sent, against the server's.
+                        let counted: usize = chat
+                            .messages
+                            .iter()
+                            .map(|m| crate::analyze::tokens::count(&m.content).tokens)
+                            .sum();
+                        if let Some(ratio) = context::budget::calibration_sample(counted, reported)
+                        {
+                            self.stats.calibrate(&candidate.model, ratio);
+                        }
+                    }
                     let usage = done.done.usage.unwrap_or(Usage {
                         prompt_tokens: prompt.report.tokens as u64,
                         completion_tokens: done.chunks,
@@ -564,7 +610,7 @@ impl Engine {
                         candidate,
                         &decision,
                         fallbacks,
-                        prompt.report,
+                        prompt.report.clone(),
                         Some(done.done.finish),
                         usage,
                         Timings {
@@ -613,7 +659,7 @@ impl Engine {
                         candidate,
                         &decision,
                         fallbacks.clone(),
-                        prompt.report,
+                        prompt.report.clone(),
                         None,
                         usage,
                         Timings {
@@ -841,9 +887,38 @@ impl Engine {
                 reasons.push("the answer is incomplete".to_string());
             }
         }
-        if context.cut {
+        let selection_cut = context
+            .sources
+            .iter()
+            .any(|s| s.kind == context::SourceKind::Selection && s.cut);
+        if selection_cut {
             confidence *= 0.8;
             reasons.push("the selection was cut to fit the context window".to_string());
+        } else if context.cut {
+            confidence *= 0.9;
+            let cut = context.sources.iter().filter(|s| s.cut).count();
+            reasons.push(format!(
+                "context was cut to fit the {}-token window: {} piece(s) shortened, {} left out",
+                context.window,
+                cut,
+                context.omitted.len()
+            ));
+        }
+        let retrieved = context
+            .sources
+            .iter()
+            .filter(|s| {
+                matches!(
+                    s.kind,
+                    context::SourceKind::Workspace | context::SourceKind::Document
+                )
+            })
+            .count();
+        if retrieved > 0 {
+            reasons.push(format!(
+                "{retrieved} piece(s) of the workspace and open files in the prompt, ranked by {}",
+                context.ranking.unwrap_or("bm25")
+            ));
         }
         if context.redacted > 0 {
             reasons.push(format!(
@@ -1147,6 +1222,129 @@ impl Engine {
 }
 /// The longest answer kept: 2048 tokens are ~10 KB of text; far beyond is a broken server.
 pub const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
+
+impl Engine {
+    /// Collects the request's context: off the async runtime, since it reads files.
+    async fn gather(&self, request: &Request) -> context::Material {
+        let workspace = request.workspace.clone();
+        if request.focus.is_none() && request.open_documents.is_empty() && workspace.is_none() {
+            return context::Material::default();
+        }
+        let mut query = request.prompt.clone();
+        if let Some(selection) = &request.selection {
+            query.push('\n');
+            query.push_str(crate::analyze::signals::prefix(selection, 4096));
+        }
+        let gathering = context::Gathering {
+            query: query.clone(),
+            focus: request.focus.clone(),
+            open: request.open_documents.clone(),
+            workspace,
+        };
+        let mut material =
+            match tokio::task::spawn_blocking(move || context::gather(&gathering)).await {
+                Ok(m) => m,
+                Err(e) => {
+                    warn!(error = %e, "gathering context failed");
+                    context::Material::default()
+                }
+            };
+        self.rerank(&mut material, &query).await;
+        material
+    }
+
+    /// Hybrid ranking: when an embedding model is configured, the BM25 candidates are embedded
+    /// with the query and the two rankings fused; any failure leaves BM25's order.
+    async fn rerank(&self, material: &mut context::Material, query: &str) {
+        let Some(model) = &self.config.context.embed_model else {
+            return;
+        };
+        if material.pieces.len() < 2 {
+            return;
+        }
+        let name = self
+            .config
+            .context
+            .embed_endpoint
+            .as_deref()
+            .unwrap_or(crate::config::DEFAULT_ENDPOINT);
+        let Some(endpoint) = self.config.endpoints.get(name) else {
+            return;
+        };
+        let failed_recently =
+            lock(&self.models.embed_failed).is_some_and(|t| t.elapsed() < WINDOW_RETRY);
+        if failed_recently {
+            material.notes.push(format!(
+                "embedding model `{model}` failed recently: ranked by BM25 alone"
+            ));
+            return;
+        }
+        let target = Target { name, endpoint };
+        let mut inputs = vec![crate::analyze::signals::prefix(query, 2048).to_string()];
+        inputs.extend(
+            material
+                .pieces
+                .iter()
+                .map(|p| crate::analyze::signals::prefix(&p.text, 2048).to_string()),
+        );
+        match self
+            .client
+            .embed(target, model, &inputs, EMBED_TIMEOUT)
+            .await
+        {
+            Ok(vectors) => {
+                let query_vector = &vectors[0];
+                let mut order: Vec<(usize, f32)> = vectors[1..]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| (i, context::rank::cosine(query_vector, v)))
+                    .collect();
+                order.sort_by(|a, b| b.1.total_cmp(&a.1));
+                let dense: Vec<usize> = order.into_iter().map(|(i, _)| i).collect();
+                context::fuse_with(material, &dense);
+            }
+            Err(e) => {
+                info!(model = %model, error = %e, "embedding failed; BM25 alone");
+                *lock(&self.models.embed_failed) = Some(Instant::now());
+                material.notes.push(format!(
+                    "embedding model `{model}` on `{name}` failed ({e}): ranked by BM25 alone"
+                ));
+            }
+        }
+    }
+
+    /// The context window for a model: the tier's `num_ctx`, capped at the context length the
+    /// model server reports (Ollama `/api/show`, looked up once per model).
+    async fn window(&self, target: Target<'_>, model: &str, tier: &TierConfig) -> u32 {
+        if target.endpoint.kind != EndpointKind::Ollama {
+            return tier.num_ctx;
+        }
+        let key = (target.name.to_string(), model.to_string());
+        let cached = lock(&self.models.lengths).get(&key).copied();
+        let length = match cached {
+            Some((length, _)) if length.is_some() => length,
+            Some((None, at)) if at.elapsed() < WINDOW_RETRY => None,
+            _ => {
+                let length =
+                    match tokio::time::timeout(SHOW_TIMEOUT, self.client.show(target, model)).await
+                    {
+                        Ok(Ok(info)) => info.context_length.filter(|n| *n > 0),
+                        _ => None,
+                    };
+                lock(&self.models.lengths).insert(key, (length, Instant::now()));
+                length
+            }
+        };
+        match length {
+            Some(n) if n < tier.num_ctx as u64 => n as u32,
+            _ => tier.num_ctx,
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 #[derive(Debug, Clone, Copy)]
 struct Limits {

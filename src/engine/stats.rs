@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 
 /// How many first-token latencies are kept per model for the percentiles.
 const WINDOW: usize = 200;
+/// How many prompt-size ratios are kept per model.
+const CALIBRATION_WINDOW: usize = 8;
 
 /// The longest cold load believed: a server that reports more is broken or lying, and a learned
 /// first-token wait longer than this would leave a request hanging.
@@ -45,6 +47,10 @@ pub struct ModelStats {
     /// Recent first-token latencies less load and prompt evaluation, in ms.
     #[serde(default)]
     pub overhead_ms: VecDeque<u64>,
+    /// Recent ratios of the prompt size the server reported to triage's own count: the
+    /// model's tokenizer against cl100k (or the estimate), for exact budgets.
+    #[serde(default)]
+    pub prompt_ratios: VecDeque<f32>,
 }
 
 /// A summary for status displays.
@@ -198,6 +204,26 @@ impl Stats {
         s.requests += 1;
         s.errors += 1;
         s.last_error = Some(error.to_string());
+    }
+
+    /// Records a usable prompt-size ratio (see `context::budget::calibration_sample`).
+    pub fn calibrate(&self, model: &str, ratio: f32) {
+        let mut models = self.lock();
+        let s = models.entry(model.to_string()).or_default();
+        s.prompt_ratios.push_back(ratio);
+        while s.prompt_ratios.len() > CALIBRATION_WINDOW {
+            s.prompt_ratios.pop_front();
+        }
+    }
+
+    /// Model tokens per counted token for `model`: the largest recent ratio, so that budgets
+    /// err on the safe side; never below 0.8 (a server that under-reports must not make
+    /// prompts overflow).
+    pub fn calibration(&self, model: &str) -> Option<f32> {
+        self.lock()
+            .get(model)
+            .and_then(|s| s.prompt_ratios.iter().copied().reduce(f32::max))
+            .map(|r| r.max(0.8))
     }
 
     /// The longest cold load seen for `model`.
@@ -381,6 +407,32 @@ impl Breakers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn calibration_takes_the_largest_recent_ratio_and_a_floor() {
+        let stats = Stats::default();
+        assert_eq!(stats.calibration("m"), None);
+        stats.calibrate("m", 1.1);
+        stats.calibrate("m", 1.3);
+        stats.calibrate("m", 0.9);
+        assert_eq!(stats.calibration("m"), Some(1.3));
+        for _ in 0..CALIBRATION_WINDOW {
+            stats.calibrate("m", 0.6);
+        }
+        assert_eq!(
+            stats.calibration("m"),
+            Some(0.8),
+            "old ratios age out; 0.8 is the floor"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("stats.json");
+        stats.save(&path).expect("save");
+        assert_eq!(
+            Stats::load(&path).calibration("m"),
+            Some(0.8),
+            "kept between runs"
+        );
+    }
 
     #[test]
     fn percentiles() {

@@ -210,6 +210,11 @@ impl Documents {
         self.open.len()
     }
 
+    /// Every open document.
+    pub fn iter(&self) -> impl Iterator<Item = (&Uri, &Document)> {
+        self.open.iter()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.open.is_empty()
     }

@@ -7,6 +7,7 @@
 //! each message before it is dispatched.
 
 pub mod documents;
+pub mod index;
 pub mod server;
 pub mod shell;
 mod transport;

@@ -18,7 +18,7 @@ use tower_lsp_server::ls_types::*;
 use tower_lsp_server::{Client, LanguageServer};
 
 use super::documents::{self, Documents, Encoding};
-use super::shell;
+use super::{index, shell};
 use crate::analyze::{self, Action};
 use crate::backend::{self, FimRequest, Target};
 use crate::config::{self, Config, Tier};
@@ -76,6 +76,10 @@ pub struct State {
     client: std::sync::OnceLock<Client>,
     /// The running pre-warm of each intent kind; a new intent or `active: false` aborts it.
     prewarms: Mutex<HashMap<engine::IntentKind, tokio::task::JoinHandle<()>>>,
+    /// The workspace index, when the client named folders (none: no index, no memory).
+    workspace: RwLock<Option<Arc<crate::context::Workspace>>>,
+    /// The client registers file watchers for us (`didChangeWatchedFiles.dynamicRegistration`).
+    watch_files: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -145,7 +149,26 @@ impl State {
             session: AtomicBool::new(false),
             client: std::sync::OnceLock::new(),
             prewarms: Mutex::default(),
+            workspace: RwLock::new(None),
+            watch_files: AtomicBool::new(false),
         })
+    }
+
+    fn workspace(&self) -> Option<Arc<crate::context::Workspace>> {
+        read(&self.workspace)
+    }
+
+    /// Keeps the index in step with an open document (its buffer supersedes the file).
+    fn follow(&self, uri: &Uri, closed: bool) {
+        let Some(ws) = self.workspace() else { return };
+        let Some(path) = index::file_path(uri) else {
+            return;
+        };
+        if closed {
+            ws.close(&path);
+        } else if let Some(doc) = lock(&self.docs).get(uri) {
+            ws.edited(&path, doc.text.clone());
+        }
     }
 
     fn engine(&self) -> Arc<Engine> {
@@ -164,7 +187,8 @@ impl State {
             "textDocument/didOpen" => DidOpenTextDocumentParams::deserialize(params)
                 .map(|p| {
                     let d = p.text_document;
-                    lock(&self.docs).open(d.uri, &d.text, d.version, d.language_id);
+                    lock(&self.docs).open(d.uri.clone(), &d.text, d.version, d.language_id);
+                    self.follow(&d.uri, false);
                 })
                 .map_err(|e| format!("didOpen: {e}")),
             "textDocument/didChange" => match DidChangeTextDocumentParams::deserialize(params) {
@@ -179,6 +203,9 @@ impl State {
                     if let Some(g) = lock(&self.generations).get(&uri) {
                         g.send_modify(|v| *v += 1);
                     }
+                    if applied.is_ok() {
+                        self.follow(&uri, false);
+                    }
                     applied.map_err(|e| e.to_string())
                 }
                 Err(e) => Err(format!("didChange: {e}")),
@@ -187,6 +214,7 @@ impl State {
                 .map(|p| {
                     lock(&self.docs).close(&p.text_document.uri);
                     lock(&self.generations).remove(&p.text_document.uri);
+                    self.follow(&p.text_document.uri, true);
                 })
                 .map_err(|e| format!("didClose: {e}")),
             _ => Ok(()),
@@ -734,19 +762,22 @@ struct CommandArgs {
 
 impl Server {
     fn request_from_chat(&self, p: &ChatParams) -> jsonrpc::Result<engine::Request> {
-        let (selection, language_id) = match (&p.text_document, p.range) {
+        let (selection, language_id, lines) = match (&p.text_document, p.range) {
             (Some(doc), Some(range)) => {
-                let (text, language, _, _) = self.selection(&doc.uri, range)?;
-                (Some(text), Some(language))
+                let (text, language, _, range) = self.selection(&doc.uri, range)?;
+                (Some(text), Some(language), Some(index::lines_of(range)))
             }
             (Some(doc), None) => (
                 None,
                 lock(&self.state.docs)
                     .get(&doc.uri)
                     .map(|d| d.language_id.clone()),
+                None,
             ),
-            _ => (None, None),
+            _ => (None, None, None),
         };
+        let (focus, open_documents, workspace) =
+            self.context_for(p.text_document.as_ref().map(|d| (&d.uri, lines)));
         let tier = p
             .tier
             .as_deref()
@@ -798,7 +829,28 @@ impl Server {
                 .transpose()
                 .map_err(invalid_params)?,
             conversation: None,
+            focus,
+            open_documents,
+            workspace,
         })
+    }
+
+    /// The open documents and the workspace for a request (ropes cloned, no lock kept).
+    fn context_for(
+        &self,
+        focus: Option<(&Uri, Option<(u32, u32)>)>,
+    ) -> (
+        Option<crate::context::Focus>,
+        Vec<crate::context::Document>,
+        Option<Arc<crate::context::Workspace>>,
+    ) {
+        // `[context] workspace = false` from the editor's settings takes effect at once.
+        let workspace = self
+            .state
+            .workspace()
+            .filter(|_| self.state.engine().config().context.workspace);
+        let (focus, open) = index::documents(&lock(&self.state.docs), focus, workspace.as_deref());
+        (focus, open, workspace)
     }
 
     pub async fn chat(&self, params: ChatParams) -> jsonrpc::Result<Value> {
@@ -931,6 +983,9 @@ impl Server {
                 "process".to_string(),
                 json!({ "tasks": tasks, "documents": lock(&self.state.docs).len() }),
             );
+            // The index, for a status view: building or ready, files, chunks, memory.
+            let index = self.state.workspace().map(|ws| ws.status());
+            map.insert("workspace".to_string(), json!(index));
         }
         Ok(value)
     }
@@ -1013,9 +1068,13 @@ impl Server {
         if !self.can_insert(engine.client(), target, &tier.model).await {
             return Ok(None);
         }
+        let prefix = doc.text.slice(prefix_start..at).to_string();
+        let preamble = self
+            .completion_context(uri, &prefix, &doc.language_id)
+            .await;
         let request = FimRequest {
             model: tier.model.clone(),
-            prefix: doc.text.slice(prefix_start..at).to_string(),
+            prefix: preamble + &prefix,
             suffix: doc.text.slice(at..suffix_end).to_string(),
             keep_alive: Some(tier.keep_alive.clone()),
             num_ctx: Some(tier.num_ctx),
@@ -1059,6 +1118,38 @@ impl Server {
                 std::future::pending::<()>().await
             } => Ok(None),
         }
+    }
+
+    /// Workspace excerpts related to the code before the cursor, as comments for the front of
+    /// a completion's prefix (other files only; bounded to ~1.5 KB so completions stay fast).
+    async fn completion_context(&self, uri: &Uri, prefix: &str, language_id: &str) -> String {
+        let Some(ws) = self.state.workspace() else {
+            return String::new();
+        };
+        let own = index::file_path(uri).map(|p| ws.display(&p));
+        let tail: String = {
+            let start = prefix.len().saturating_sub(1500);
+            let start = (start..=prefix.len())
+                .find(|i| prefix.is_char_boundary(*i))
+                .unwrap_or(prefix.len());
+            prefix[start..].to_string()
+        };
+        let found = tokio::task::spawn_blocking(move || ws.retrieve(&tail, 4)).await;
+        let pieces: Vec<crate::context::Piece> = found
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| Some(&e.display) != own.as_ref())
+            .take(2)
+            .map(|e| crate::context::Piece {
+                path: e.display,
+                start_line: e.start_line,
+                end_line: e.end_line,
+                kind: crate::context::SourceKind::Workspace,
+                text: e.text,
+                language: None,
+            })
+            .collect();
+        crate::context::completion_preamble(&pieces, language_id, 1536)
     }
 
     async fn can_insert(&self, client: &backend::Client, target: Target<'_>, model: &str) -> bool {
@@ -1120,6 +1211,15 @@ impl LanguageServer for Server {
         self.state
             .work_done_progress
             .store(work_done, Ordering::Relaxed);
+        let watch = params
+            .capabilities
+            .workspace
+            .as_ref()
+            .and_then(|w| w.did_change_watched_files.as_ref())
+            .and_then(|w| w.dynamic_registration)
+            .unwrap_or(false);
+        self.state.watch_files.store(watch, Ordering::Relaxed);
+        let folders = index::folders(&params);
         if let Err(e) = self.apply_config(params.initialization_options.as_ref()) {
             // Keep the file (or built-in) configuration and say why.
             let _ = self.apply_config(None);
@@ -1130,6 +1230,9 @@ impl LanguageServer for Server {
                 )
                 .await;
         }
+        // Created here, built from `initialized` on: documents opened in between already feed it.
+        let workspace = index::workspace_for(folders, self.state.engine().config());
+        write(&self.state.workspace, workspace);
         let commands = COMMANDS
             .iter()
             .map(|(name, _, _)| name.to_string())
@@ -1145,6 +1248,7 @@ impl LanguageServer for Server {
                     TextDocumentSyncOptions {
                         open_close: Some(true),
                         change: Some(TextDocumentSyncKind::INCREMENTAL),
+                        save: Some(TextDocumentSyncSaveOptions::Supported(true)),
                         ..TextDocumentSyncOptions::default()
                     },
                 )),
@@ -1165,6 +1269,13 @@ impl LanguageServer for Server {
                     commands,
                     ..ExecuteCommandOptions::default()
                 }),
+                workspace: Some(WorkspaceServerCapabilities {
+                    workspace_folders: Some(WorkspaceFoldersServerCapabilities {
+                        supported: Some(true),
+                        change_notifications: Some(OneOf::Left(true)),
+                    }),
+                    file_operations: None,
+                }),
                 ..ServerCapabilities::default()
             },
             offset_encoding: None,
@@ -1176,6 +1287,62 @@ impl LanguageServer for Server {
         lock(&self.tasks).push(task);
         // A corrupt statistics file, found at start-up.
         self.report_sync_errors().await;
+        if let Some(ws) = self.state.workspace() {
+            let work_done = self.state.work_done_progress.load(Ordering::Relaxed);
+            index::start(&ws, self.client.clone(), work_done);
+            if self.state.watch_files.load(Ordering::Relaxed) {
+                let client = self.client.clone();
+                tokio::spawn(async move { index::watch_files(&client).await });
+            }
+        }
+    }
+
+    async fn did_save(&self, params: DidSaveTextDocumentParams) {
+        if let (Some(ws), Some(path)) = (
+            self.state.workspace(),
+            index::file_path(&params.text_document.uri),
+        ) {
+            ws.changed(&path);
+        }
+    }
+
+    async fn did_change_watched_files(&self, params: DidChangeWatchedFilesParams) {
+        if let Some(ws) = self.state.workspace() {
+            index::files_changed(&ws, &params.changes);
+        }
+    }
+
+    async fn did_change_workspace_folders(&self, params: DidChangeWorkspaceFoldersParams) {
+        let added: Vec<_> = params
+            .event
+            .added
+            .iter()
+            .filter_map(|f| index::file_path(&f.uri))
+            .collect();
+        let removed: Vec<_> = params
+            .event
+            .removed
+            .iter()
+            .filter_map(|f| index::file_path(&f.uri))
+            .collect();
+        match self.state.workspace() {
+            Some(ws) => {
+                for root in &added {
+                    ws.add_root(root);
+                }
+                for root in &removed {
+                    ws.remove_root(root);
+                }
+            }
+            None => {
+                let engine = self.state.engine();
+                if let Some(ws) = index::workspace_for(added, engine.config()) {
+                    write(&self.state.workspace, Some(ws.clone()));
+                    let work_done = self.state.work_done_progress.load(Ordering::Relaxed);
+                    index::start(&ws, self.client.clone(), work_done);
+                }
+            }
+        }
     }
 
     async fn shutdown(&self) -> jsonrpc::Result<()> {
@@ -1305,6 +1472,8 @@ impl LanguageServer for Server {
                 serde_json::from_value(v).map_err(|e| invalid_params(format!("bad argument: {e}")))
             })?;
         let (selection, language, version, range) = self.selection(&args.uri, args.range)?;
+        let (focus, open_documents, workspace) =
+            self.context_for(Some((&args.uri, Some(index::lines_of(range)))));
         let request = engine::Request {
             prompt: args.prompt.clone().unwrap_or_default(),
             selection: Some(selection),
@@ -1318,6 +1487,9 @@ impl LanguageServer for Server {
             } else {
                 engine::Urgency::Interactive
             },
+            focus,
+            open_documents,
+            workspace,
             ..engine::Request::default()
         };
         let token = self.begin_progress(&format!("triage: {title}")).await;
@@ -1391,6 +1563,7 @@ impl LanguageServer for Server {
                     action: Some(Action::ExplainShell),
                     force: Force::default(),
                     urgency: engine::Urgency::Interactive,
+                    // A shell command is explained on its own: no retrieval on every hover.
                     ..engine::Request::default()
                 };
                 // A cursor that moves on cancels this request, which drops the model's stream.

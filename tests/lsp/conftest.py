@@ -252,6 +252,7 @@ class TriageClient(LanguageClient):
         self.applied_edits: list[types.ApplyWorkspaceEditParams] = []
         self.created_tokens: list[Any] = []
         self.progress_before_response: dict[str, int] = {}
+        self.registrations: list[types.Registration] = []
         self.stdout_tap: TapReader | None = None
         self.stderr_data = bytearray()
         self._stderr_task: asyncio.Task | None = None
@@ -380,6 +381,11 @@ def make_client() -> TriageClient:
     def on_apply_edit(params: types.ApplyWorkspaceEditParams):
         client.applied_edits.append(params)
         return types.ApplyWorkspaceEditResult(applied=True)
+
+    @client.feature(types.CLIENT_REGISTER_CAPABILITY)
+    def on_register(params: types.RegistrationParams):
+        client.registrations.extend(params.registrations)
+        return None
 
     @client.feature("triage/status")
     def on_status(params: Any):

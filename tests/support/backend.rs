@@ -123,6 +123,8 @@ struct Shared {
     /// Answers in progress per model, and the most seen at once.
     active: HashMap<String, usize>,
     peak: HashMap<String, usize>,
+    /// Per model, the context length `/api/show` reports (default 131072).
+    context_lengths: HashMap<String, u64>,
 }
 
 /// Counts an answer in progress for as long as it lives (its handler or stream task).
@@ -262,6 +264,12 @@ impl TestBackend {
         self.state.with(|s| s.loaded = loaded);
     }
 
+    /// The context length `/api/show` reports for `model`.
+    pub fn set_context_length(&self, model: &str, length: u64) {
+        self.state
+            .with(|s| s.context_lengths.insert(model.to_string(), length));
+    }
+
     pub fn requests(&self) -> Vec<Recorded> {
         self.state.with(|s| s.requests.clone())
     }
@@ -381,6 +389,7 @@ fn router(state: AppState) -> Router {
             }),
         )
         .route("/api/show", post(ollama_show))
+        .route("/api/embed", post(ollama_embed))
         .route("/v1/chat/completions", post(openai_chat))
         .route("/v1/models", get(openai_models))
         .route("/_test/fault", post(control_fault))
@@ -389,6 +398,7 @@ fn router(state: AppState) -> Router {
         .route("/_test/sim", post(control_sim).get(control_sim_state))
         .route("/_test/clock", post(control_clock))
         .route("/_test/load", get(control_load))
+        .route("/_test/context_length", post(control_context_length))
         .with_state(state)
 }
 
@@ -940,8 +950,9 @@ async fn ollama_show(State(state): State<AppState>, Json(body): Json<Value>) -> 
         )
             .into_response();
     }
+    let length = state.with(|s| s.context_lengths.get(model).copied().unwrap_or(131_072));
     Json(json!({
-        "model_info": {"general.architecture": "llama", "llama.context_length": 131072},
+        "model_info": {"general.architecture": "llama", "llama.context_length": length},
         "capabilities": ["completion", "insert"],
     }))
     .into_response()
@@ -1265,4 +1276,77 @@ fn simulated_final_chunk(dialect: Dialect, model: &str, sim: &SimOutcome) -> Str
         done["response"] = json!("");
     }
     format!("{done}\n")
+/// Dimensions of the test embeddings.
+const EMBED_DIMENSIONS: usize = 64;
+
+/// `/api/embed`: a deterministic bag-of-words vector per input (each lower-cased word hashed
+/// into one of 64 dimensions), so texts sharing words are close. Recorded like a chat (path
+/// `/api/embed`, every input in `text`); a model's `status` or `not_found` fault applies.
+async fn ollama_embed(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    let inputs: Vec<String> = match &body["input"] {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(a) => a
+            .iter()
+            .filter_map(|x| x.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let mut recorded = body.clone();
+    recorded["prompt"] = json!(inputs.join("\n"));
+    let (index, fault) = record(&state, "/api/embed", &headers, &recorded);
+    let model = body["model"].as_str().unwrap_or("").to_string();
+    match fault {
+        Fault::Status { code } => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return (status, Json(json!({"error": "injected failure"}))).into_response();
+        }
+        Fault::NotFound => {
+            return (
+                StatusCode::NOT_FOUND,
+                Json(json!({"error": format!("model '{model}' not found")})),
+            )
+                .into_response();
+        }
+        _ => {}
+    }
+    let embeddings: Vec<Vec<f32>> = inputs
+        .iter()
+        .map(|text| {
+            let mut v = vec![0f32; EMBED_DIMENSIONS];
+            for word in text
+                .split(|c: char| !c.is_alphanumeric())
+                .filter(|w| w.len() > 2)
+            {
+                let h = word
+                    .to_lowercase()
+                    .bytes()
+                    .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+                    });
+                v[(h % EMBED_DIMENSIONS as u64) as usize] += 1.0;
+            }
+            v
+        })
+        .collect();
+    state.with(|s| s.requests[index].completed = true);
+    Json(json!({"model": model, "embeddings": embeddings, "prompt_eval_count": inputs.len()}))
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct ContextLengthCommand {
+    model: String,
+    length: u64,
+}
+
+async fn control_context_length(
+    State(state): State<AppState>,
+    Json(cmd): Json<ContextLengthCommand>,
+) -> StatusCode {
+    state.with(|s| s.context_lengths.insert(cmd.model, cmd.length));
+    StatusCode::NO_CONTENT
 }
