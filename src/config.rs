@@ -768,7 +768,6 @@ fn valid_keep_alive(value: &str) -> bool {
     keep_alive_seconds(value).is_ok()
 }
 
-
 fn validate_context(
     c: &ContextConfig,
     endpoints: &BTreeMap<String, Endpoint>,

@@ -1276,6 +1276,8 @@ fn simulated_final_chunk(dialect: Dialect, model: &str, sim: &SimOutcome) -> Str
         done["response"] = json!("");
     }
     format!("{done}\n")
+}
+
 /// Dimensions of the test embeddings.
 const EMBED_DIMENSIONS: usize = 64;
 
