@@ -802,7 +802,7 @@ fn validate_context(
         }
         Some(_) => {}
     }
-    crate::context::secrets::PathFilter::new(&c.exclude)
+    crate::context::secrets::PathFilter::check(&c.exclude)
         .map_err(|e| invalid("context.exclude", e))?;
     Ok(())
 }

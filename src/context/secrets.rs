@@ -117,6 +117,18 @@ impl PathFilter {
         })
     }
 
+    /// Checks the user's globs without compiling any matcher (configuration is validated at
+    /// start-up, where a compiled glob set would cost memory the server may never use).
+    pub fn check(extra: &[String]) -> Result<(), String> {
+        for g in extra {
+            let g = g.trim().trim_end_matches('/');
+            if !g.is_empty() {
+                glob(g.trim_start_matches('/'))?;
+            }
+        }
+        Ok(())
+    }
+
     /// `None` when the file may be read.
     pub fn refuse(&self, relative: &Path) -> Option<Refusal> {
         if self.secret.is_match(relative) {
@@ -415,6 +427,8 @@ mod tests {
             assert_eq!(filter.refuse(Path::new(path)), None, "{path}");
         }
         assert!(PathFilter::new(&["a[".to_string()]).is_err());
+        assert!(PathFilter::check(&["a[".to_string()]).is_err());
+        assert!(PathFilter::check(&["*.sql".to_string(), "fixtures/".to_string()]).is_ok());
     }
 
     #[test]
