@@ -212,12 +212,14 @@ pub struct Engine {
 /// lookup is retried after [`WINDOW_RETRY`]. Also when the embedding endpoint last failed.
 #[derive(Default)]
 struct ModelWindows {
-    lengths: Mutex<HashMap<ModelKey, (Option<u64>, Instant)>>,
+    lengths: Mutex<HashMap<ModelKey, (Arc<LengthCell>, Instant)>>,
     embed_failed: Mutex<Option<Instant>>,
 }
 
 /// An endpoint name and a model.
 type ModelKey = (String, String);
+/// A model's context length, looked up once (`None`: unknown, retried later).
+type LengthCell = tokio::sync::OnceCell<Option<u64>>;
 
 /// How long a failed `/api/show` or `/api/embed` is not tried again.
 const WINDOW_RETRY: Duration = Duration::from_secs(30);
@@ -1320,21 +1322,27 @@ impl Engine {
             return tier.num_ctx;
         }
         let key = (target.name.to_string(), model.to_string());
-        let cached = lock(&self.models.lengths).get(&key).copied();
-        let length = match cached {
-            Some((length, _)) if length.is_some() => length,
-            Some((None, at)) if at.elapsed() < WINDOW_RETRY => None,
-            _ => {
-                let length =
-                    match tokio::time::timeout(SHOW_TIMEOUT, self.client.show(target, model)).await
-                    {
-                        Ok(Ok(info)) => info.context_length.filter(|n| *n > 0),
-                        _ => None,
-                    };
-                lock(&self.models.lengths).insert(key, (length, Instant::now()));
-                length
+        // One lookup per model even when many requests start at once (each would otherwise
+        // open its own connection, left idle in the pool afterwards).
+        let cell = {
+            let mut lengths = lock(&self.models.lengths);
+            let entry = lengths
+                .entry(key)
+                .or_insert_with(|| (Arc::new(LengthCell::new()), Instant::now()));
+            let failed = matches!(entry.0.get(), Some(None));
+            if failed && entry.1.elapsed() >= WINDOW_RETRY {
+                *entry = (Arc::new(LengthCell::new()), Instant::now());
             }
+            entry.0.clone()
         };
+        let length = *cell
+            .get_or_init(|| async {
+                match tokio::time::timeout(SHOW_TIMEOUT, self.client.show(target, model)).await {
+                    Ok(Ok(info)) => info.context_length.filter(|n| *n > 0),
+                    _ => None,
+                }
+            })
+            .await;
         match length {
             Some(n) if n < tier.num_ctx as u64 => n as u32,
             _ => tier.num_ctx,
