@@ -602,8 +602,10 @@ async fn openai_chat(
 /// `echo:ID` from the prompt: answered as a last token ` echo:ID`, so that a load test can
 /// check that each answer belongs to its request.
 fn echo_of(text: &str) -> Option<String> {
-    let at = text.rfind("echo:")?;
-    let id: String = text[at..]
+    // The request's own last line only: workspace context before it may quote `echo:` too.
+    let last = text.trim_end().lines().last()?;
+    let at = last.rfind("echo:")?;
+    let id: String = last[at..]
         .chars()
         .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '-' | '_'))
         .take(64)
