@@ -537,6 +537,7 @@ fn route_one(
         timings: &timings,
         residency: &residency,
         budget_s: request.budget_s()?.unwrap_or(config.latency.budget_s),
+        hard_budget: request.budget_s()?.is_some(),
         load_mb_per_s: config.latency.load_mb_per_s,
     };
     route::route_with_latency(config, snapshot, analysis, force, &latency).map_err(usage)

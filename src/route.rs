@@ -407,6 +407,11 @@ pub struct Latency<'a> {
     pub residency: &'a [Residency],
     /// The wait this request may cost, in seconds.
     pub budget_s: f64,
+    /// Whether the budget is a hard bound (set by the request, or an interactive code action) or
+    /// only the scale of the wait's cost (the default for a typed question: a user who asked a
+    /// design question with nothing loaded rather waits for the heavy model's load than get the
+    /// coder model's answer sooner).
+    pub hard_budget: bool,
     /// Load speed for models never seen loading (`[latency] load_mb_per_s`).
     pub load_mb_per_s: f64,
 }
@@ -605,7 +610,7 @@ fn quality(analysis: &Analysis, tier: Tier) -> f32 {
 /// not loaded, prompt ÷ prompt speed, overhead) plus the weighted reloads of what it would evict,
 /// and its quality `q` (see [`quality`]). Tiers that would evict a model in use, or one used in
 /// the last minute (ping-pong), or that run partly on the CPU, are out; of the rest, those
-/// within the budget `B` if any. The choice maximises `q − ½·w / B`: a slower tier is accepted
+/// within the budget `B` if any, when the budget is hard (see [`Latency::hard_budget`]). The choice maximises `q − ½·w / B`: a slower tier is accepted
 /// only when its quality margin over a quicker one outweighs the extra wait as a share of the
 /// budget — with a 30 s budget, 0.1 of expected quality buys 6 s.
 fn choose_by_latency(
@@ -664,7 +669,7 @@ fn choose_by_latency(
     let within: Vec<&Expected> = eligible
         .iter()
         .copied()
-        .filter(|e| e.cost_s() <= budget)
+        .filter(|e| !latency.hard_budget || e.cost_s() <= budget)
         .collect();
     let pool = if within.is_empty() {
         reasons.push(format!(
@@ -1158,6 +1163,7 @@ mod tests {
             timings,
             residency,
             budget_s,
+            hard_budget: true,
             load_mb_per_s: 1300.0,
         }
     }
@@ -1235,6 +1241,28 @@ mod tests {
         assert_eq!(d.expected.len(), 3);
         // No warning: nothing was constrained, the trade was made.
         assert_eq!(d.warning, None);
+    }
+
+    #[test]
+    fn a_default_budget_is_soft_an_explicit_one_is_a_bound() {
+        // A design question, nothing loaded: heavy's ~34 s load is over the 30 s budget, but
+        // the coder model would load too (~15 s) and answer it half as well.
+        let a = analysis(0.02, 0.1, 0.88);
+        let empty = card(&[]);
+        let mut soft = latency(&[], &[], 30.0);
+        soft.hard_budget = false;
+        let d = decide_timed(&empty, &a, &soft);
+        assert_eq!(d.tier, Tier::Heavy, "{:?}", d.reasons);
+        assert!(has(&d, "heavy is worth loading"), "{:?}", d.reasons);
+        // The same budget set by the request bounds the wait.
+        let d = decide_timed(&empty, &a, &latency(&[], &[], 30.0));
+        assert_eq!(d.tier, Tier::Coder, "{:?}", d.reasons);
+        // A soft budget still keeps a loaded coder model over a heavy load that evicts it.
+        let r = [used("qwen3-coder:30b", 120.0)];
+        let mut soft = latency(&[], &r, 30.0);
+        soft.hard_budget = false;
+        let d = decide_timed(&card(&FAST_CODER), &analysis(0.02, 0.2, 0.78), &soft);
+        assert_eq!(d.tier, Tier::Coder, "{:?}", d.reasons);
     }
 
     #[test]

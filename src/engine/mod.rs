@@ -424,6 +424,7 @@ impl Engine {
             timings: &timings,
             residency: &residency,
             budget_s: self.budget_s(request),
+            hard_budget: request.budget_s.is_some() || request.urgency == Urgency::Interactive,
             load_mb_per_s: self.config.latency.load_mb_per_s,
         };
         route::route_with_latency(&self.config, snapshot, analysis, &request.force, &latency)
@@ -1171,6 +1172,7 @@ impl Engine {
             timings: &timings,
             residency: &residency,
             budget_s: self.config.latency.budget_s,
+            hard_budget: true,
             load_mb_per_s: self.config.latency.load_mb_per_s,
         };
         let expected = route::expect(&self.config, snapshot, &analysis, &latency, tier);
