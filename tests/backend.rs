@@ -13,7 +13,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use support::backend::{Fault, TestBackend};
-use support::{json, stderr, stdout, temp_file, triage};
+use support::{bounded, json, stderr, stdout, temp_file, triage};
 
 /// A config with all three tiers on the test backend (Ollama dialect), short timeouts.
 fn ollama_config(backend: &TestBackend) -> PathBuf {
@@ -47,25 +47,6 @@ fn ask(config: &PathBuf, args: &[&str]) -> (Output, Duration) {
         Duration::from_secs(30),
     );
     (output, started.elapsed())
-}
-
-/// Runs a command, killing it if it outlives `limit` (then the test fails on its output).
-fn bounded(cmd: &mut Command, limit: Duration) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("triage runs");
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    child.wait_with_output().expect("output")
 }
 
 #[test]

@@ -5,12 +5,12 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Output;
+use std::time::Duration;
 
 use serde_json::Value;
 use support::backend::{Fault, Recorded, TestBackend};
-use support::{json, stderr, temp_file, triage};
+use support::{bounded, json, stderr, temp_file, triage};
 
 const FACT: &str = "pub const GATEWAY_RETRY_LIMIT: u32 = 7;";
 const QUESTION: &str = "What is the retry limit of the payment gateway?";
@@ -128,25 +128,6 @@ exclude = ["vendor/"]
         url = backend.url()
     );
     temp_file("context.toml", text.as_bytes())
-}
-
-/// Runs a command, killing it if it outlives `limit` (then the test fails on its output).
-fn bounded(cmd: &mut Command, limit: Duration) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("triage runs");
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    child.wait_with_output().expect("output")
 }
 
 fn ask(config: &Path, args: &[&str]) -> Output {

@@ -6,11 +6,11 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Output;
+use std::time::Duration;
 
 use support::backend::TestBackend;
-use support::{json, stderr, stdout, temp_file, triage};
+use support::{bounded, json, stderr, stdout, temp_file, triage};
 
 fn config(backend: &TestBackend, feedback: bool) -> PathBuf {
     let text = format!(
@@ -18,25 +18,6 @@ fn config(backend: &TestBackend, feedback: bool) -> PathBuf {
         url = backend.url()
     );
     temp_file("triage.toml", text.as_bytes())
-}
-
-/// Runs a command, killing it if it outlives `limit` (then the test fails on its output).
-fn bounded(cmd: &mut Command, limit: Duration) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("triage runs");
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    child.wait_with_output().expect("output")
 }
 
 fn in_state(state: &Path, config: &Path, args: &[&str]) -> Output {

@@ -11,6 +11,7 @@ pub mod lsp;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 pub fn triage() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_triage"));
@@ -75,4 +76,23 @@ pub fn temp_file(name: &str, contents: &[u8]) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, contents).expect("write temp file");
     path
+}
+
+/// Runs a command, killing it if it outlives `limit` (then the test fails on its output).
+pub fn bounded(cmd: &mut Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("triage runs");
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    child.wait_with_output().expect("output")
 }
