@@ -892,8 +892,10 @@ pub fn is_only_greeting(prompt: &str) -> bool {
         .collect();
     let cleaned = cleaned.split_whitespace().collect::<Vec<_>>().join(" ");
     if cleaned.is_empty() {
-        // Only emoji or punctuation.
-        return !prompt.trim().is_empty() && prompt.chars().count() <= 16;
+        // Only emoji (👍, 🙏) is thanks; bare punctuation ("?", "...") asks what something means.
+        return prompt.chars().count() <= 16
+            && !prompt.contains('?')
+            && prompt.chars().any(|c| !c.is_ascii() && !c.is_whitespace());
     }
     if cleaned.split(' ').count() > 8 {
         return false;
@@ -1114,6 +1116,9 @@ mod tests {
             "danke, und jetzt als async?",
             "how do I exit vim",
             "for the",
+            "?",
+            "...",
+            "🤔?",
         ] {
             assert!(!is_only_greeting(text), "not only a greeting: {text}");
         }
