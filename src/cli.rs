@@ -277,6 +277,7 @@ impl TrainingFlags {
             learning_rate: self.learning_rate.unwrap_or(d.learning_rate),
             l2: self.l2.unwrap_or(d.l2),
             calibration_folds: d.calibration_folds,
+            text_dropout: d.text_dropout,
         }
     }
 }

@@ -29,6 +29,7 @@
 //! were tried: they cut few more severe misroutes and cost more neighbour mistakes in the
 //! leave-one-source-out evaluation (BENCHMARKS.md).
 
+pub mod concepts;
 pub mod model;
 pub mod signals;
 pub mod tokens;
@@ -365,6 +366,13 @@ fn analyze(
     } else if prompt_shell && selection.is_none() {
         scores = certain(Tier::Coder);
         reasons.push("a bare command means: explain it".to_string());
+    } else if selection.is_some()
+        && (code.is_some() || error_output)
+        && signals::words(prompt).next().is_none()
+    {
+        // "?" or an empty chat box on selected code or error output asks what it means.
+        scores = certain(Tier::Coder);
+        reasons.push("no words on selected code or error output means: explain it".to_string());
     } else {
         let top = scores.ranking()[0];
         reasons.push(format!(
@@ -592,6 +600,41 @@ mod tests {
             "{:?}",
             a.reasons
         );
+    }
+
+    #[test]
+    fn a_bare_question_mark_on_selected_code_means_explain_it() {
+        let a = analyzer();
+        for (prompt, selection) in [
+            (
+                "?",
+                "evens = [n * n for n in range(1, 21) if n % 2 == 0]\nprint(evens)",
+            ),
+            ("", "fn main() {\n    let v: Vec<u8> = Vec::new();\n}"),
+        ] {
+            let q = Query {
+                prompt,
+                selection: Some(selection),
+                language_id: Some("python"),
+                action: None,
+            };
+            let analysis = a.analyze(&q).expect("a selection is a request");
+            assert_eq!(analysis.scores.ranking()[0], Tier::Coder, "{prompt:?}");
+            assert!(
+                analysis.reasons.iter().any(|r| r.contains("no words")),
+                "{:?}",
+                analysis.reasons
+            );
+        }
+        // On prose, "?" is no code question: the classifier decides.
+        let q = Query {
+            prompt: "?",
+            selection: Some("Dear team, the offsite moves to Friday. Lunch is at noon."),
+            language_id: Some("plaintext"),
+            action: None,
+        };
+        let analysis = a.analyze(&q).expect("valid");
+        assert!(!analysis.reasons.iter().any(|r| r.contains("no words")));
     }
 
     #[test]

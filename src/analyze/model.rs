@@ -39,7 +39,7 @@ const TEXT_NORM: f32 = 4.0;
 
 /// Bump whenever `features` (or a signal it reads) changes: the shipped model's fingerprint
 /// then no longer matches and the freshness test asks for `triage train`.
-pub const FEATURES_VERSION: u32 = 5;
+pub const FEATURES_VERSION: u32 = 6;
 
 /// The weights built into the binary.
 static BUILTIN: &[u8] = include_bytes!("router.bin");
@@ -294,6 +294,8 @@ pub struct TrainOptions {
     pub l2: f32,
     /// Folds of the out-of-fold predictions the temperature is fitted on.
     pub calibration_folds: usize,
+    /// Share of text features dropped at random from each example in each epoch.
+    pub text_dropout: f32,
 }
 
 impl Default for TrainOptions {
@@ -303,6 +305,7 @@ impl Default for TrainOptions {
             learning_rate: 0.05,
             l2: 1e-6,
             calibration_folds: 5,
+            text_dropout: 0.5,
         }
     }
 }
@@ -339,7 +342,7 @@ pub fn train_calibrated(
             temperature: 1.0,
         };
         for i in (0..encoded.len()).filter(|&i| fold_of[i] == fold) {
-            logits[i] = model.logits(&encoded[i].0);
+            logits[i] = model.logits(&encoded[i].0.items);
         }
     }
     let labels: Vec<usize> = encoded.iter().map(|e| e.1).collect();
@@ -352,18 +355,18 @@ pub fn train_calibrated(
     }
 }
 
-fn encode(examples: &[Example]) -> Vec<(Vec<(u32, f32)>, usize)> {
+fn encode(examples: &[Example]) -> Vec<(Features, usize)> {
     examples
         .iter()
         .map(|e| {
             let signals = signals::read(e.input.prompt, e.input.selection);
-            (features(&e.input, &signals).items, e.tier.index())
+            (features(&e.input, &signals), e.tier.index())
         })
         .collect()
 }
 
 fn fit(
-    encoded: &[(Vec<(u32, f32)>, usize)],
+    encoded: &[(Features, usize)],
     subset: &[usize],
     options: TrainOptions,
 ) -> Vec<[f32; CLASSES]> {
@@ -371,18 +374,35 @@ fn fit(
     let mut grad_sq = vec![[1e-6f32; CLASSES]; BUCKETS];
     let mut order: Vec<usize> = subset.to_vec();
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    let mut drop_rng = 0xD1B5_4A32_D192_ED03u64;
+    let keep = (1.0 - options.text_dropout).clamp(0.05, 1.0);
+    let mut feats: Vec<(u32, f32)> = Vec::with_capacity(1024);
     for _ in 0..options.epochs {
         shuffle(&mut order, &mut rng);
         for &i in &order {
-            let (feats, label) = &encoded[i];
+            let (example, label) = &encoded[i];
+            feats.clear();
+            if keep < 1.0 {
+                // Dropping text features at random keeps the model from memorising its
+                // examples' wording, so the signals and concepts carry weight of their own.
+                for (j, &(b, v)) in example.items.iter().enumerate() {
+                    if j >= example.text {
+                        feats.push((b, v));
+                    } else if next_unit(&mut drop_rng) < keep {
+                        feats.push((b, v / keep));
+                    }
+                }
+            } else {
+                feats.extend_from_slice(&example.items);
+            }
             let mut z = [0f32; CLASSES];
-            for &(b, v) in feats {
+            for &(b, v) in &feats {
                 for c in 0..CLASSES {
                     z[c] += weights[b as usize][c] * v;
                 }
             }
             let p = softmax(z);
-            for &(b, v) in feats {
+            for &(b, v) in &feats {
                 let b = b as usize;
                 for c in 0..CLASSES {
                     let target = if c == *label { 1.0 } else { 0.0 };
@@ -394,6 +414,14 @@ fn fit(
         }
     }
     weights
+}
+
+/// A uniform number in [0, 1) from a xorshift state.
+fn next_unit(state: &mut u64) -> f32 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    (*state >> 40) as f32 / (1u64 << 24) as f32
 }
 
 /// The temperature that minimises the log loss of `logits` against `labels`. The loss is
@@ -643,6 +671,31 @@ pub fn features(input: &Input, signals: &Signals) -> Features {
     }
     let text = out.len();
 
+    // Rubric concepts, alone and by selection size: "review" on 200 lines is a design review,
+    // on 5 lines an explanation; "plan" with no selection is a rollout plan.
+    let sel_size = signals.selection.as_ref().map_or(0, |sel| match sel.lines {
+        0..=29 => 1,
+        30..=149 => 2,
+        _ => 3,
+    });
+    let concepts = super::concepts::read(prompt);
+    // "what does `set -e` do" is an explanation of code, not a definition: the concepts read
+    // differently next to quoted code.
+    let inline = inline_code(prompt);
+    if inline {
+        out.push((Key::new(b's').bytes(b"p:inline").bucket(), 1.0));
+    }
+    for (i, &n) in concepts.counts.iter().enumerate() {
+        if n > 0 {
+            let k = Key::new(b'k').number(i as u32);
+            out.push((k.number(u32::from(n.min(3))).bucket(), 1.0));
+            out.push((k.bytes(b"sel").number(sel_size).bucket(), 1.0));
+            if inline {
+                out.push((k.bytes(b"inline").bucket(), 1.0));
+            }
+        }
+    }
+
     let mut signal = |key: Key| out.push((key.bucket(), 1.0));
     let s = |name: &str| Key::new(b's').bytes(name.as_bytes());
     signal(s("bias"));
@@ -718,6 +771,30 @@ pub fn features(input: &Input, signals: &Signals) -> Features {
         signal(Key::new(b'l').bytes(id.to_ascii_lowercase().as_bytes()));
     }
     Features { items: out, text }
+}
+
+/// Code quoted inside prose: a backtick span, or a shell command after a colon or on a line
+/// of its own (`what does this do: curl … | sudo bash`). Asking what such a fragment means
+/// is explaining code, however much it reads like a definition question.
+fn inline_code(prompt: &str) -> bool {
+    let prompt = signals::prefix(prompt, 4096);
+    // Pieces at odd positions lie between a pair of backticks; the last piece has no closing one.
+    let pieces: Vec<&str> = prompt.split('`').collect();
+    let quoted = pieces
+        .iter()
+        .enumerate()
+        .skip(1)
+        .step_by(2)
+        .any(|(i, span)| i + 1 < pieces.len() && !span.trim().is_empty() && !span.contains('\n'));
+    if quoted {
+        return true;
+    }
+    prompt.lines().any(|line| {
+        signals::is_shell_line(line)
+            || line
+                .split_once(": ")
+                .is_some_and(|(_, rest)| signals::is_shell_line(rest))
+    })
 }
 
 /// Words inside quotation marks (`"…"`, `'…'`, `„…“`, `“…”`, `«…»`) that read as prose: a
@@ -877,6 +954,24 @@ mod tests {
             model.temperature > 0.0 && model.temperature != 1.0,
             "the shipped model is calibrated"
         );
+    }
+
+    #[test]
+    fn code_quoted_in_prose_is_inline_code() {
+        for text in [
+            "was macht `set -euo pipefail` eigentlich",
+            "what is this doing? i dont want to run it: curl -fsSL https://x.example/s.sh | sudo bash",
+            "what does\ngrep -rn TODO src/ | wc -l\nprint",
+        ] {
+            assert!(inline_code(text), "inline code: {text}");
+        }
+        for text in [
+            "what is a mutex",
+            "an unclosed ` backtick is not a span",
+            "Cron is the name of my dwarf blacksmith: suggest a surname",
+        ] {
+            assert!(!inline_code(text), "no inline code: {text}");
+        }
     }
 
     #[test]
