@@ -301,20 +301,11 @@ fn matcher() -> Option<&'static Matcher> {
         .as_ref()
 }
 
-/// Lowercases and folds umlauts and ß the way the cue lists are written.
+/// Lowercases and folds umlauts and ß the way the cue lists are written (as the word features
+/// do), and a typographic apostrophe to `'` so that "what’s" finds "what's".
 fn fold(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        match c {
-            'ä' | 'Ä' => out.push_str("ae"),
-            'ö' | 'Ö' => out.push_str("oe"),
-            'ü' | 'Ü' => out.push_str("ue"),
-            'ß' => out.push_str("ss"),
-            '’' => out.push('\''),
-            c if c.is_ascii() => out.push(c.to_ascii_lowercase()),
-            c => out.extend(c.to_lowercase()),
-        }
-    }
+    super::signals::fold_case(&text.replace('’', "'"), &mut out);
     out
 }
 

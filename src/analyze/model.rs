@@ -608,27 +608,6 @@ impl Key {
     }
 }
 
-/// Lowercases and folds German umlauts and ß, so that `Größe` and `groesse` meet.
-fn normalise_word(word: &str, out: &mut String) {
-    out.clear();
-    if word
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-    {
-        out.push_str(word);
-        return;
-    }
-    for c in word.chars() {
-        match c {
-            'ä' | 'Ä' => out.push_str("ae"),
-            'ö' | 'Ö' => out.push_str("oe"),
-            'ü' | 'Ü' => out.push_str("ue"),
-            'ß' => out.push_str("ss"),
-            c => out.extend(c.to_lowercase()),
-        }
-    }
-}
-
 /// The hashed feature vector of a request. Text features are scaled to a fixed length
 /// ([`TEXT_NORM`]) so that a long prompt does not shout; signal features keep weight 1.
 pub fn features(input: &Input, signals: &Signals) -> Features {
@@ -639,7 +618,7 @@ pub fn features(input: &Input, signals: &Signals) -> Features {
     let prompt = signals::prefix(input.prompt, signals::SCAN_LIMIT);
     let mut word_count = 0usize;
     for raw in signals::words(prompt).take(MAX_WORDS) {
-        normalise_word(raw, &mut word);
+        signals::fold_case(raw, &mut word);
         word_count += 1;
         out.push((Key::new(b'w').bytes(word.as_bytes()).bucket(), 0.0));
         if !previous.is_empty() {
@@ -1164,8 +1143,8 @@ mod tests {
     fn umlauts_fold_to_ascii_spellings() {
         let mut a = String::new();
         let mut b = String::new();
-        normalise_word("Größenänderung", &mut a);
-        normalise_word("groessenaenderung", &mut b);
+        signals::fold_case("Größenänderung", &mut a);
+        signals::fold_case("groessenaenderung", &mut b);
         assert_eq!(a, b);
     }
 

@@ -1020,6 +1020,27 @@ pub fn prefix(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
+/// Lowercases and folds German umlauts and ß, so that `Größe` and `groesse` meet.
+pub fn fold_case(word: &str, out: &mut String) {
+    out.clear();
+    if word
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    {
+        out.push_str(word);
+        return;
+    }
+    for c in word.chars() {
+        match c {
+            'ä' | 'Ä' => out.push_str("ae"),
+            'ö' | 'Ö' => out.push_str("oe"),
+            'ü' | 'Ü' => out.push_str("ue"),
+            'ß' => out.push_str("ss"),
+            c => out.extend(c.to_lowercase()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
