@@ -292,7 +292,8 @@ fn matcher() -> Option<&'static Matcher> {
             let ac = AhoCorasickBuilder::new()
                 .match_kind(MatchKind::Standard)
                 // A DFA rather than the default NFA: about a quarter off a 1 KB decision
-                // (BENCHMARKS.md), for 1.4 MB and ~9 ms built once, on the first request.
+                // (BENCHMARKS.md), for 1.4 MB (`memory_usage()`) and ~9 ms built once, on the
+                // first request.
                 .kind(Some(AhoCorasickKind::DFA))
                 .build(&patterns)
                 .ok()?;
