@@ -302,11 +302,11 @@ fn matcher() -> Option<&'static Matcher> {
         .as_ref()
 }
 
-/// Lowercases and folds umlauts and ß the way the cue lists are written (as the word features
-/// do), and a typographic apostrophe to `'` so that "what’s" finds "what's".
+/// Lowercases and folds umlauts, ß and the typographic apostrophe the way the cue lists are
+/// written (as the word features do), so that "what’s" finds "what's".
 fn fold(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 8);
-    super::signals::fold_case(&text.replace('’', "'"), &mut out);
+    let mut out = String::new();
+    super::signals::fold_case(text, &mut out);
     out
 }
 

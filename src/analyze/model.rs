@@ -613,7 +613,9 @@ impl Key {
 pub fn features(input: &Input, signals: &Signals) -> Features {
     let mut out: Vec<(u32, f32)> = Vec::with_capacity(1024);
     let mut word = String::new();
-    let mut previous = String::new();
+    // The pair key hashed up to the previous word and the space: FNV runs left to right, so
+    // each word is hashed once as a pair's first half.
+    let mut pair_start: Option<Key> = None;
     let mut gram = Vec::with_capacity(64);
     let prompt = signals::prefix(input.prompt, signals::SCAN_LIMIT);
     let mut word_count = 0usize;
@@ -621,13 +623,10 @@ pub fn features(input: &Input, signals: &Signals) -> Features {
         signals::fold_case(raw, &mut word);
         word_count += 1;
         out.push((Key::new(b'w').bytes(word.as_bytes()).bucket(), 0.0));
-        if !previous.is_empty() {
-            let pair = Key::new(b'b')
-                .bytes(previous.as_bytes())
-                .bytes(b" ")
-                .bytes(word.as_bytes());
-            out.push((pair.bucket(), 0.0));
+        if let Some(start) = pair_start {
+            out.push((start.bytes(word.as_bytes()).bucket(), 0.0));
         }
+        pair_start = Some(Key::new(b'b').bytes(word.as_bytes()).bytes(b" "));
         // Character n-grams of each word: compounds such as `Speicherleck` share pieces with
         // `Leck` and `Speicher`, inflected forms and typos share their stem, and the same
         // technical word reads alike in German and English prose.
@@ -640,7 +639,6 @@ pub fn features(input: &Input, signals: &Signals) -> Features {
                 out.push((Key::new(b'c').bytes(piece).bucket(), 0.0));
             }
         }
-        std::mem::swap(&mut previous, &mut word);
     }
     if !out.is_empty() {
         let scale = TEXT_NORM / (out.len() as f32).sqrt();

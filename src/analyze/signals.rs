@@ -80,7 +80,12 @@ pub fn prose_language(text: &str) -> Language {
             continue;
         }
         lower.clear();
-        lower.extend(word.chars().flat_map(char::to_lowercase));
+        if word.is_ascii() {
+            lower.push_str(word);
+            lower.make_ascii_lowercase();
+        } else {
+            lower.extend(word.chars().flat_map(char::to_lowercase));
+        }
         if let Some(&(german, english)) = function_words().get(lower.as_str()) {
             de += u32::from(german);
             en += u32::from(english);
@@ -1020,22 +1025,33 @@ pub fn prefix(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
-/// Lowercases and folds German umlauts and ß, so that `Größe` and `groesse` meet.
-pub fn fold_case(word: &str, out: &mut String) {
+/// Lowercases and folds German umlauts and ß, so that `Größe` and `groesse` meet, and a
+/// typographic apostrophe to `'`, so that "what’s" reads like "what's".
+pub fn fold_case(text: &str, out: &mut String) {
     out.clear();
-    if word
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-    {
-        out.push_str(word);
-        return;
-    }
-    for c in word.chars() {
+    out.reserve(text.len());
+    let mut rest = text;
+    while !rest.is_empty() {
+        // Prompts are mostly ASCII: copy each ASCII run at once and lowercase it in place,
+        // which is several times cheaper than going through `char::to_lowercase` per letter.
+        let ascii = rest
+            .bytes()
+            .position(|b| !b.is_ascii())
+            .unwrap_or(rest.len());
+        let start = out.len();
+        out.push_str(&rest[..ascii]);
+        out[start..].make_ascii_lowercase();
+        rest = &rest[ascii..];
+        let Some(c) = rest.chars().next() else {
+            break;
+        };
+        rest = &rest[c.len_utf8()..];
         match c {
             'ä' | 'Ä' => out.push_str("ae"),
             'ö' | 'Ö' => out.push_str("oe"),
             'ü' | 'Ü' => out.push_str("ue"),
             'ß' => out.push_str("ss"),
+            '’' => out.push('\''),
             c => out.extend(c.to_lowercase()),
         }
     }
@@ -1143,6 +1159,17 @@ mod tests {
         ] {
             assert!(!is_only_greeting(text), "not only a greeting: {text}");
         }
+    }
+
+    #[test]
+    fn fold_case_matches_the_char_by_char_fold() {
+        let mut out = String::new();
+        fold_case("Größe ÄNDERN: what’s up, İstanbul ﬃ OK", &mut out);
+        assert_eq!(out, "groesse aendern: what's up, i\u{307}stanbul ﬃ ok");
+        fold_case("", &mut out);
+        assert_eq!(out, "");
+        fold_case("ÜBER", &mut out);
+        assert_eq!(out, "ueber");
     }
 
     #[test]
