@@ -278,6 +278,7 @@ impl TrainingFlags {
             l2: self.l2.unwrap_or(d.l2),
             calibration_folds: d.calibration_folds,
             text_dropout: d.text_dropout,
+            runs: d.runs,
         }
     }
 }

@@ -56,9 +56,12 @@ pub enum Concept {
     FollowUp,
     /// Everyday life, the things technical words also name (a snake, a party, a real mouse).
     Everyday,
+    /// Text about a code change: a commit message, changelog entry or pull-request description
+    /// (writing one for a described change is coder work, rewording a written one is not).
+    ChangeNote,
 }
 
-pub const COUNT: usize = 20;
+pub const COUNT: usize = 21;
 
 /// How many distinct cue words of each concept a prompt uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -94,6 +97,13 @@ const CUES: &[(Concept, &[&str])] = &[
         "disaster recovery", "structure the", "strukturier", "what parts", "which parts",
         "welche teile", "welche komponenten", "talk to each other", "miteinander", "should i use",
         "should i go with", "sollte ich", "~ vs ", "versus", "oder lieber", "or should",
+        // In everyday words: how the pieces should fit, what the user would do in one's place.
+        "fit together", "hang together", "zusammenspiel", "whole setup", "the whole thing",
+        "das ganze system", "right way to", "best way to set up", "how should i set up",
+        "how should i organi", "wie richte ich am besten", "was wuerdest du", "what would you do",
+        "in my place", "in my shoes", "an meiner stelle", "my options", "meine optionen",
+        "welche moeglichkeiten", "long term", "long-term", "langfristig", "future-proof",
+        "zukunftssicher",
     ]),
     (Concept::Scale, &[
         "million", "mio", "mrd", "milliard", "billion", "rps", "req/s", "qps",
@@ -130,6 +140,25 @@ const CUES: &[(Concept, &[&str])] = &[
         "how do i find out", "wie finde ich", "wie finden wir", "track this down", "investigat",
         "untersuch", "mechanism", "mechanismus", "figure out why", "nach jedem", "after every",
         "after each", "since the", "seit dem", "seit der",
+        // The same work in everyday words: a symptom that comes and goes, a pattern in time
+        // or load, fixes already tried.
+        "randomly", "at random", "now and then", "from time to time", "after a while",
+        "after a few", "after an hour", "after a couple", "only when", "only if", "only on",
+        "every evening", "every monday", "each night", "keeps crashing", "keeps freezing",
+        "keeps dropping", "keeps restarting", "gets slow", "super slow", "really slow",
+        "slows down", "grinds to a halt", "freezes", "stops responding", "stop responding",
+        "unresponsive", "fixes it for", "what's going on", "whats going on", "what is going on",
+        "what's causing", "whats causing", "what is causing", "what causes", "figure out what",
+        "work out what", "find out what", "bottom of this", "no idea why",
+        "for weeks", "for days", "ever since", "out of nowhere", "was fine", "fine until",
+        "runs fine", "works fine", "tried everything", "already tried", "already swapped",
+        "already replaced", "zufaellig", "ab und zu", "hin und wieder", "immer wieder",
+        "nach ein paar", "nach einer weile", "nach einiger zeit", "nur wenn", "nur bei",
+        "nur abends", "jeden abend", "jeden montag", "nachts", "haengt sich auf", "friert ein",
+        "wird langsam", "total langsam", "super langsam", "reagiert nicht mehr", "neustart hilft",
+        "was da los ist", "was ist da los", "woran kann das liegen", "keine ahnung warum",
+        "seit tagen", "seit wochen", "lief bisher", "lief vorher", "lief problemlos",
+        "schon alles probiert", "schon getauscht",
     ]),
     (Concept::Security, &[
         "security", "secure", "sicherheit", "sicher ", "threat", "bedrohung", "attack", "angriff",
@@ -141,6 +170,13 @@ const CUES: &[(Concept, &[&str])] = &[
         "breach", "compromis", "kompromittiert", "dangerous", "gefaehrlich", "abuse", "missbrauch",
         "malicious", "boeswillig", "hacked", "gehackt", "api key", "api-key", "aws key",
         "secret key", "keys were", "schluessel lag",
+        // In everyday words: someone got in, who still has access, is this safe.
+        "got in", "get in", "break in", "broke in", "hack", "ddos", "on purpose", "protect",
+        "what could go wrong", "is this safe", "is it safe", "safe way", "still has access",
+        "still have access", "former employee", "ex-employee", "someone else's",
+        "someone elses", "phishing", "ransomware", "virus", "trojan", "ehemalige", "noch zugriff",
+        "zugriff auf alles", "reingekommen", "eingebrochen", "absichtlich", "schuetz", "absicher",
+        "ist das sicher", "was kann schiefgehen", "was kann da passieren", "fremde",
     ]),
     (Concept::Proof, &[
         "prove", "proof", "beweis", "herleit", "derive", "derivation", "argue", "argument",
@@ -156,6 +192,10 @@ const CUES: &[(Concept, &[&str])] = &[
         "schrittweise", "step by step plan", "cutover", "canary", "rollback", "zurueckroll",
         "upgrade path", "transition", "umstellung", "umstieg", "switch from", "wechsel von",
         "move from", "moving from", "consolidat", "konsolidier",
+        // In everyday words: moving everything to a new machine, keeping things running.
+        "move everything", "moving everything", "umziehen", "new server", "neuen server",
+        "new pc", "neuen rechner", "without losing", "backup", "back up",
+        "datensicherung", "sicherung",
     ]),
     (Concept::LongForm, &[
         "blog post", "blogpost", "blog-post", "post-mortem", "postmortem", "post mortem", "rfc",
@@ -189,7 +229,8 @@ const CUES: &[(Concept, &[&str])] = &[
         "konfig", "nginx", "systemd", "cron", "crontab", "makefile", "ffmpeg", "awk", "sed ", "jq",
         "grep", "git ", "github action", "workflow", "pipeline file", "ci job", "alert rule",
         "alerting rule", "prometheus", "promql", "ansible", "powershell", "excel formula",
-        "formel", "formula", "every morning", "every day at", "every night", "every hour",
+        "formel", "formula", "spalte", "zelle", "column", "spreadsheet", "tabellenblatt",
+        "sverweis", "vlookup", "xlookup", "countif", "zaehlenwenn", "sumif", "summewenn", "every morning", "every day at", "every night", "every hour",
         "jeden morgen", "jeden tag um", "jede nacht", "jede stunde", "schedule", "zeitgesteuert",
         "run automatically", "automatisch ausf", "on startup", "beim start",
     ]),
@@ -211,7 +252,7 @@ const CUES: &[(Concept, &[&str])] = &[
     (Concept::Language, &[
         "rust", "golang", "go ", "in go", "python", "java", "kotlin", "typescript", "javascript",
         "swift", "c++", "c#", "php", "ruby", "scala", "haskell", "elixir", "bash", "zsh", "lua",
-        "dart", "react", "vue", "django", "flask", "spring", "pandas", "numpy", "node", "deno",
+        "dart", "html", "css", "vba", "excel", "react", "vue", "django", "flask", "spring", "pandas", "numpy", "node", "deno",
         "wasm",
     ]),
     (Concept::RewordText, &[
@@ -269,6 +310,13 @@ const CUES: &[(Concept, &[&str])] = &[
         "fussball", "music", "musik", "movie", "film", "book", "buch", "car ", "auto ", "bike",
         "fahrrad", "doctor", "arzt", "sleep", "schlaf", "tired", "muede", "coffee", "kaffee",
         "zoo", "tierpark", "ausflug", "trip", "feier",
+    ]),
+    (Concept::ChangeNote, &[
+        "commit message", "commit-message", "commit msg", "commitmessage", "commit-nachricht",
+        "commit nachricht", "commit text", "changelog", "change log", "release notes",
+        "release-notes", "versionshinweis", "pr description", "pr-beschreibung",
+        "pull request description", "pull-request-beschreibung", "merge request", "pr title",
+        "pr-titel",
     ]),
 ];
 
@@ -347,6 +395,20 @@ mod tests {
         let reword = read("kannst du das umformulieren, klingt holprig");
         assert!(reword.get(Concept::RewordText) >= 2, "{reword:?}");
         assert_eq!(reword.get(Concept::Security), 0);
+    }
+
+    #[test]
+    fn everyday_wording_finds_the_rubric_concept() {
+        let c = read(
+            "my bot randomly stops responding after a few days, a reboot fixes it for a while",
+        );
+        assert!(c.get(Concept::Diagnosis) >= 3, "{c:?}");
+        let c = read(
+            "Ein ehemaliger Mitarbeiter hat vielleicht noch Zugriff auf alles, ist das sicher?",
+        );
+        assert!(c.get(Concept::Security) >= 2, "{c:?}");
+        let c = read("schreib mir eine Commit-Message für die Änderung");
+        assert_eq!(c.get(Concept::ChangeNote), 1, "{c:?}");
     }
 
     #[test]
