@@ -147,12 +147,13 @@ def backend():
         server.close()
 
 
-def write_config(directory: Path, url: str, extra: str = "", endpoint: str = "") -> Path:
+def write_config(directory: Path, url: str, extra: str = "", endpoint: str = "",
+                 total_s: int = 30) -> Path:
     """One Ollama endpoint (the test backend; `endpoint` adds keys to its table) and short
     timeouts, so faults resolve fast. Each model may run 32 requests at once unless `endpoint`
     says otherwise."""
     tiers = "".join(
-        f"[tiers.{tier}.timeouts]\nfirst_token_s = 2\nidle_s = 1\ntotal_s = 30\n\n"
+        f"[tiers.{tier}.timeouts]\nfirst_token_s = 2\nidle_s = 1\ntotal_s = {total_s}\n\n"
         for tier in ("fast", "coder", "heavy")
     )
     path = directory / "config.toml"
@@ -219,14 +220,15 @@ class Gateway:
 
 @pytest.fixture
 def launch(backend: Backend, tmp_path: Path):
-    """Starts gateways (`launch(toml=..., args=[...], env={...})`), stopping them at the end."""
+    """Starts gateways (`launch(toml=..., args=[...], env={...}, total_s=...)`), stopping them at
+    the end."""
     started: list[Gateway] = []
 
     def start(toml: str = "", args: list[str] | None = None, env: dict[str, str] | None = None,
-              name: str = "gw", endpoint: str = "") -> Gateway:
+              name: str = "gw", endpoint: str = "", total_s: int = 30) -> Gateway:
         directory = tmp_path / name
         directory.mkdir(exist_ok=True)
-        config = write_config(directory, backend.url, toml, endpoint)
+        config = write_config(directory, backend.url, toml, endpoint, total_s)
         gateway = Gateway(args or ["--listen", "127.0.0.1:0"], gateway_env(directory, config, env),
                           directory / "stderr.log")
         started.append(gateway)
