@@ -370,24 +370,37 @@ async fn concurrency_is_limited_per_model_and_a_full_queue_is_busy() {
             tokens: 50,
         },
     );
-    let waiting: Vec<_> = (0..5)
-        .map(|_| {
-            let engine = engine.clone();
-            tokio::spawn(async move {
-                engine
-                    .run(
-                        &request("hello", Tier::Fast),
-                        &Snapshot::no_gpu(),
-                        &mut |_| {},
-                    )
-                    .await
-            })
+    let spawn_run = || {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            engine
+                .run(
+                    &request("hello", Tier::Fast),
+                    &Snapshot::no_gpu(),
+                    &mut |_| {},
+                )
+                .await
         })
-        .collect();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while engine.loads()[0].queued < 3 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    };
+    // The two that run first, then the three that queue behind them: spawned apart, so the
+    // test knows which is which when it cancels them.
+    let wait_for = |running: usize, queued: usize| {
+        let engine = engine.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while std::time::Instant::now() < deadline {
+                let load = &engine.loads()[0];
+                if (load.running, load.queued) == (running, queued) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    let running: Vec<_> = (0..2).map(|_| spawn_run()).collect();
+    wait_for(2, 0).await;
+    let queued: Vec<_> = (0..3).map(|_| spawn_run()).collect();
+    wait_for(2, 3).await;
     let load = engine
         .loads()
         .into_iter()
@@ -417,7 +430,14 @@ async fn concurrency_is_limited_per_model_and_a_full_queue_is_busy() {
         other => panic!("expected Busy, got {other:?}"),
     }
     // Cancelling the queued ones takes them out of the queue at once; nothing reached the model.
-    for task in &waiting {
+    // (They go first: a cancelled running request frees its place for the next in the queue.)
+    for task in &queued {
+        task.abort();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let load = engine.loads()[0].clone();
+    assert_eq!((load.running, load.queued), (2, 0));
+    for task in &running {
         task.abort();
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
