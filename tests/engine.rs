@@ -339,8 +339,7 @@ async fn concurrency_is_limited_per_model_and_a_full_queue_is_busy() {
          [limits]\nqueue_len = 3\nmax_wait_s = 30\n",
     );
     let engine = std::sync::Arc::new(engine(config));
-    // Five at once: two run, three wait their turn; all are answered.
-    let runs = (0..5).map(|_| {
+    let spawn_run = || {
         let engine = engine.clone();
         tokio::spawn(async move {
             engine
@@ -351,7 +350,9 @@ async fn concurrency_is_limited_per_model_and_a_full_queue_is_busy() {
                 )
                 .await
         })
-    });
+    };
+    // Five at once: two run, three wait their turn; all are answered.
+    let runs = (0..5).map(|_| spawn_run());
     for result in futures::future::join_all(runs).await {
         let answer = result.expect("join").expect("answered");
         assert_eq!(answer.text, "Hello from llama3.2:3b, this");
@@ -370,18 +371,6 @@ async fn concurrency_is_limited_per_model_and_a_full_queue_is_busy() {
             tokens: 50,
         },
     );
-    let spawn_run = || {
-        let engine = engine.clone();
-        tokio::spawn(async move {
-            engine
-                .run(
-                    &request("hello", Tier::Fast),
-                    &Snapshot::no_gpu(),
-                    &mut |_| {},
-                )
-                .await
-        })
-    };
     // The two that run first, then the three that queue behind them: spawned apart, so the
     // test knows which is which when it cancels them.
     let wait_for = |running: usize, queued: usize| {
