@@ -15,6 +15,7 @@
 
 use super::signals::{self, Signals};
 use crate::config::Tier;
+use std::ops::Range;
 
 /// Number of hash buckets is `1 << BITS`.
 const BITS: u32 = 16;
@@ -36,10 +37,14 @@ const GRAM: usize = 4;
 /// Length the text part of the feature vector is scaled to. Chosen by leave-one-source-out
 /// (1, 2, 4, 6, 8 tried): text outweighing the signals generalises across voices best.
 const TEXT_NORM: f32 = 4.0;
+/// Weight of a pasted text's words (a quoted mail, a letter to proofread, a thread) against the
+/// user's own: someone else's "phishing" or "Fehler" should not speak as loudly as the ask.
+/// Chosen by leave-one-source-out (0.3, 0.5, 0.7 tried).
+const PASTED_WEIGHT: f32 = 0.5;
 
 /// Bump whenever `features` (or a signal it reads) changes: the shipped model's fingerprint
 /// then no longer matches and the freshness test asks for `triage train`.
-pub const FEATURES_VERSION: u32 = 7;
+pub const FEATURES_VERSION: u32 = 8;
 
 /// The weights built into the binary.
 static BUILTIN: &[u8] = include_bytes!("router.bin");
@@ -599,6 +604,41 @@ fn shuffle(items: &mut [usize], state: &mut u64) {
     }
 }
 
+/// Byte ranges of `text` that are pasted material rather than the user's own words: `>`-quoted
+/// lines, the middle paragraphs of a prompt of three or more (the ask stands first or last), and
+/// the second of two paragraphs when the first introduces it with a colon ("proofread this:").
+fn pasted_material(text: &str) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let mut paragraphs: Vec<Range<usize>> = Vec::new();
+    let mut start = None;
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim();
+        if trimmed.starts_with('>') {
+            out.push(at..at + line.len());
+        }
+        if trimmed.is_empty() {
+            if let Some(s) = start.take() {
+                paragraphs.push(s..at);
+            }
+        } else if start.is_none() {
+            start = Some(at);
+        }
+        at += line.len();
+    }
+    if let Some(s) = start {
+        paragraphs.push(s..at);
+    }
+    match paragraphs.as_slice() {
+        [first, .., last] if paragraphs.len() >= 3 => out.push(first.end..last.start),
+        [first, second] if text[first.clone()].trim_end().ends_with(':') => {
+            out.push(second.clone())
+        }
+        _ => {}
+    }
+    out
+}
+
 /// Softmax of three scores.
 pub fn softmax(z: [f32; CLASSES]) -> [f32; CLASSES] {
     let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -645,9 +685,14 @@ pub fn features(input: &Input, signals: &Signals) -> Features {
     let mut gram = Vec::with_capacity(64);
     let prompt = signals::prefix(input.prompt, signals::SCAN_LIMIT);
     let mut word_count = 0usize;
+    let pasted = pasted_material(prompt);
+    // Where each word's features end and whether they are pasted material, for the weights.
+    let mut spans: Vec<(usize, bool)> = Vec::new();
     for raw in signals::words(prompt).take(MAX_WORDS) {
         signals::fold_case(raw, &mut word);
         word_count += 1;
+        let at = raw.as_ptr() as usize - prompt.as_ptr() as usize;
+        let is_pasted = pasted.iter().any(|r| r.contains(&at));
         out.push((Key::new(b'w').bytes(word.as_bytes()).bucket(), 0.0));
         if let Some(start) = pair_start {
             out.push((start.bytes(word.as_bytes()).bucket(), 0.0));
@@ -665,11 +710,21 @@ pub fn features(input: &Input, signals: &Signals) -> Features {
                 out.push((Key::new(b'c').bytes(piece).bucket(), 0.0));
             }
         }
+        spans.push((out.len(), is_pasted));
     }
     if !out.is_empty() {
         let scale = TEXT_NORM / (out.len() as f32).sqrt();
-        for f in &mut out {
-            f.1 = scale;
+        let mut from = 0;
+        for (end, is_pasted) in spans {
+            let weight = if is_pasted {
+                scale * PASTED_WEIGHT
+            } else {
+                scale
+            };
+            for f in &mut out[from..end] {
+                f.1 = weight;
+            }
+            from = end;
         }
     }
     let text = out.len();
@@ -1154,6 +1209,56 @@ mod tests {
         // Short quotes (a name, a flag) are not text to work on.
         assert_eq!(quoted_words("what does 'deprecated' mean"), 0);
         assert_eq!(quoted_words("no quotes here at all"), 0);
+    }
+
+    #[test]
+    fn pasted_material_is_found_between_the_users_own_words() {
+        let pasted = |text: &str| -> Vec<String> {
+            pasted_material(text)
+                .into_iter()
+                .map(|r| text[r].trim().to_string())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect()
+        };
+        // A quoted thread, and the middle of three paragraphs: the ask stands first or last.
+        let thread = "Slack from our CISO:\n\n> Do NOT click links about password expiry.\n\nIs she asking me to do anything?";
+        assert_eq!(
+            pasted(thread),
+            ["> Do NOT click links about password expiry."]
+        );
+        // A colon introduces the text to work on.
+        let letter =
+            "Rechtschreibung checken bitte:\n\nHallo Frau Yilmaz,\nder Fehler ist behoben.";
+        assert_eq!(
+            pasted(letter),
+            ["Hallo Frau Yilmaz,\nder Fehler ist behoben."]
+        );
+        // One paragraph, or two without a colon, is all the user's own.
+        assert!(pasted("why does the cache miss only on mondays?").is_empty());
+        assert!(pasted("fix this\n\nand add a test").is_empty());
+        assert!(pasted("").is_empty());
+    }
+
+    #[test]
+    fn pasted_words_weigh_less_than_the_users_own() {
+        let weight_of = |prompt: &str, word: &str| {
+            let features = features(&input(prompt), &signals::read(prompt, None));
+            let bucket = Key::new(b'w').bytes(word.as_bytes()).bucket();
+            features
+                .items
+                .iter()
+                .find(|f| f.0 == bucket)
+                .map(|f| f.1)
+                .unwrap_or_default()
+        };
+        let prompt = "summarise this for me:\n\nthe phishing campaign is over, phishing ended";
+        let own = weight_of(prompt, "summarise");
+        let pasted = weight_of(prompt, "phishing");
+        assert!(
+            own > 0.0 && (pasted - own * PASTED_WEIGHT).abs() < 1e-6,
+            "{own} {pasted}"
+        );
     }
 
     #[test]
