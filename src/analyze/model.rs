@@ -608,14 +608,18 @@ fn shuffle(items: &mut [usize], state: &mut u64) {
 /// lines, the middle paragraphs of a prompt of three or more (the ask stands first or last), and
 /// the second of two paragraphs when the first introduces it with a colon ("proofread this:").
 fn pasted_material(text: &str) -> Vec<Range<usize>> {
-    let mut out = Vec::new();
+    let mut out: Vec<Range<usize>> = Vec::new();
     let mut paragraphs: Vec<Range<usize>> = Vec::new();
     let mut start = None;
     let mut at = 0;
     for line in text.split_inclusive('\n') {
         let trimmed = line.trim();
         if trimmed.starts_with('>') {
-            out.push(at..at + line.len());
+            // Consecutive quoted lines make one range: a long thread stays cheap to look up.
+            match out.last_mut() {
+                Some(last) if last.end == at => last.end = at + line.len(),
+                _ => out.push(at..at + line.len()),
+            }
         }
         if trimmed.is_empty() {
             if let Some(s) = start.take() {
@@ -686,16 +690,19 @@ pub fn features(input: &Input, signals: &Signals) -> Features {
     let prompt = signals::prefix(input.prompt, signals::SCAN_LIMIT);
     let mut word_count = 0usize;
     let pasted = pasted_material(prompt);
-    // Where each word's features end and whether they are pasted material, for the weights.
-    let mut spans: Vec<(usize, bool)> = Vec::new();
     for raw in signals::words(prompt).take(MAX_WORDS) {
         signals::fold_case(raw, &mut word);
         word_count += 1;
         let at = raw.as_ptr() as usize - prompt.as_ptr() as usize;
-        let is_pasted = pasted.iter().any(|r| r.contains(&at));
-        out.push((Key::new(b'w').bytes(word.as_bytes()).bucket(), 0.0));
+        // Relative weight for now; the length scale is applied once all features are known.
+        let weight = if pasted.iter().any(|r| r.contains(&at)) {
+            PASTED_WEIGHT
+        } else {
+            1.0
+        };
+        out.push((Key::new(b'w').bytes(word.as_bytes()).bucket(), weight));
         if let Some(start) = pair_start {
-            out.push((start.bytes(word.as_bytes()).bucket(), 0.0));
+            out.push((start.bytes(word.as_bytes()).bucket(), weight));
         }
         pair_start = Some(Key::new(b'b').bytes(word.as_bytes()).bytes(b" "));
         // Character n-grams of each word: compounds such as `Speicherleck` share pieces with
@@ -707,24 +714,14 @@ pub fn features(input: &Input, signals: &Signals) -> Features {
             gram.extend_from_slice(word.as_bytes());
             gram.push(b'>');
             for piece in gram.windows(GRAM) {
-                out.push((Key::new(b'c').bytes(piece).bucket(), 0.0));
+                out.push((Key::new(b'c').bytes(piece).bucket(), weight));
             }
         }
-        spans.push((out.len(), is_pasted));
     }
     if !out.is_empty() {
         let scale = TEXT_NORM / (out.len() as f32).sqrt();
-        let mut from = 0;
-        for (end, is_pasted) in spans {
-            let weight = if is_pasted {
-                scale * PASTED_WEIGHT
-            } else {
-                scale
-            };
-            for f in &mut out[from..end] {
-                f.1 = weight;
-            }
-            from = end;
+        for f in &mut out {
+            f.1 *= scale;
         }
     }
     let text = out.len();
