@@ -219,7 +219,8 @@ pub struct EvalArgs {
     #[arg(required_unless_present = "loso")]
     pub file: Option<String>,
     /// Leave-one-source-out over every *.jsonl in DIR (one file per source, holdout included):
-    /// each source is tested by a model trained and calibrated on all the others.
+    /// each source is tested by a model trained and calibrated on all the others. The
+    /// training-only sets in DIR/contrast/ join every training run and get a table of their own.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["file", "cv", "train_files"])]
     pub loso: Option<PathBuf>,
     /// Print the report as JSON.
@@ -241,7 +242,8 @@ pub struct EvalArgs {
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// Labelled JSON Lines files. Default: every data/routing/*.jsonl except holdout files.
+    /// Labelled JSON Lines files. Default: every data/routing/*.jsonl except holdout files, and
+    /// the training-only sets in data/routing/contrast/.
     #[arg(conflicts_with = "from_feedback")]
     pub files: Vec<PathBuf>,
     /// Instead: adapt the router to you, from the tiers you forced (recorded under
@@ -688,10 +690,19 @@ fn model_input(record: &eval::Record) -> model::Input<'_> {
     }
 }
 
+/// A training-only example: it counts [`TRAINING_ONLY_WEIGHT`] of an ordinary one.
+fn training_only_example(labelled: &Labelled) -> model::Example<'_> {
+    model::Example {
+        weight: TRAINING_ONLY_WEIGHT,
+        ..example(labelled)
+    }
+}
+
 fn example((line, tier): &Labelled) -> model::Example<'_> {
     model::Example {
         input: model_input(&line.record),
         tier: *tier,
+        weight: 1.0,
     }
 }
 
@@ -777,17 +788,19 @@ fn eval_command(config: &Config, args: EvalArgs) -> Result<(), Failure> {
     }
 }
 
-/// Every labelled source under `dir`: one `*.jsonl` file each, sorted by name.
-fn sources(dir: &Path) -> Result<Vec<(String, Vec<Labelled>)>, Failure> {
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| usage(format!("cannot list {}: {e}", dir.display())))?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-        .collect();
-    files.sort();
-    let mut out = Vec::with_capacity(files.len());
-    for path in files {
+/// The folder under a data directory whose files are training material only: every training run
+/// uses them (each fold of `eval --loso`, and `train`), but they are not sources whose
+/// accuracy measures the router across authors (`data/routing/README.md` says why).
+pub const TRAINING_ONLY_DIR: &str = "contrast";
+/// How much a training-only example counts against a source's (see [`model::Example`]).
+/// Chosen by leave-one-source-out (1, 0.5, 0.25, 0.15, 0.1 tried; BENCHMARKS.md): at full
+/// weight the topic-balanced triples outweigh the sources' own mix of requests.
+pub const TRAINING_ONLY_WEIGHT: f32 = 0.25;
+
+/// The labelled `*.jsonl` files directly in `dir`, sorted by name, each with its stem.
+fn labelled_files(dir: &Path) -> Result<Vec<(String, Vec<Labelled>)>, Failure> {
+    let mut out = Vec::new();
+    for path in jsonl_files(dir)? {
         let (lines, errors) = labelled(&path.to_string_lossy())?;
         if let Some(e) = errors.first() {
             return Err(usage(format!("{}: {e}", path.display())));
@@ -798,6 +811,41 @@ fn sources(dir: &Path) -> Result<Vec<(String, Vec<Labelled>)>, Failure> {
             .unwrap_or_default();
         out.push((name, lines));
     }
+    Ok(out)
+}
+
+/// The `*.jsonl` files directly in `dir`, sorted.
+fn jsonl_files(dir: &Path) -> Result<Vec<PathBuf>, Failure> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| usage(format!("cannot list {}: {e}", dir.display())))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Whether a training file is training-only material: it lies in a `contrast/` folder.
+fn is_training_only(path: &Path) -> bool {
+    path.parent()
+        .and_then(Path::file_name)
+        .is_some_and(|n| n == TRAINING_ONLY_DIR)
+}
+
+/// The training-only files of a data directory (none when it has no such folder).
+fn training_only_files(dir: &Path) -> Result<Vec<PathBuf>, Failure> {
+    let extra = dir.join(TRAINING_ONLY_DIR);
+    if extra.is_dir() {
+        jsonl_files(&extra)
+    } else {
+        Ok(Vec::new())
+    }
+}
+
+/// Every labelled source under `dir`: one `*.jsonl` file each, sorted by name.
+fn sources(dir: &Path) -> Result<Vec<(String, Vec<Labelled>)>, Failure> {
+    let out = labelled_files(dir)?;
     if out.len() < 2 {
         return Err(usage(format!(
             "{} holds {} labelled *.jsonl files; leave-one-source-out needs at least two",
@@ -816,28 +864,57 @@ fn loso_command(
     json: bool,
 ) -> Result<(), Failure> {
     let sources = sources(dir)?;
-    let mut rows = Vec::with_capacity(sources.len());
-    let mut all = Vec::new();
-    for (i, (name, lines)) in sources.iter().enumerate() {
+    let extra_dir = dir.join(TRAINING_ONLY_DIR);
+    let training_only = if extra_dir.is_dir() {
+        labelled_files(&extra_dir)?
+    } else {
+        Vec::new()
+    };
+    // Each source is tested by a model trained on every other source and on all the
+    // training-only sets; each training-only set, by one trained on everything but itself.
+    let test = |lines: &[Labelled], skip_source: Option<usize>, skip_extra: Option<usize>| {
         let examples: Vec<model::Example> = sources
             .iter()
             .enumerate()
-            .filter(|(j, _)| *j != i)
+            .filter(|(j, _)| Some(*j) != skip_source)
             .flat_map(|(_, (_, l))| l.iter().map(example))
+            .chain(
+                training_only
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| Some(*j) != skip_extra)
+                    .flat_map(|(_, (_, l))| l.iter().map(training_only_example)),
+            )
             .collect();
         let analyzer = Analyzer::with_model(model::train_calibrated(&examples, options, 0));
-        let outcomes = predict_all(config, snapshot, &analyzer, lines);
+        predict_all(config, snapshot, &analyzer, lines)
+    };
+    let mut rows = Vec::with_capacity(sources.len());
+    let mut all = Vec::new();
+    for (i, (name, lines)) in sources.iter().enumerate() {
+        let outcomes = test(lines, Some(i), None);
         all.extend(outcomes.iter().cloned());
         rows.push(eval::SourceReport {
             source: name.clone(),
             report: eval::report(&outcomes),
         });
     }
+    let extra_rows: Vec<eval::SourceReport> = training_only
+        .iter()
+        .enumerate()
+        .map(|(i, (name, lines))| eval::SourceReport {
+            source: name.clone(),
+            report: eval::report(&test(lines, None, Some(i))),
+        })
+        .collect();
     let overall = eval::report(&all);
     let text = if json {
-        serde_json::to_string_pretty(&json!({"sources": rows, "all": overall})).unwrap_or_default()
+        serde_json::to_string_pretty(
+            &json!({"sources": rows, "all": overall, "training_only": extra_rows}),
+        )
+        .unwrap_or_default()
     } else {
-        eval::render_loso(&rows, &overall)
+        eval::render_loso(&rows, &overall, &extra_rows)
     };
     print_line(&text);
     Ok(())
@@ -904,19 +981,17 @@ fn cross_validate(
     outcomes
 }
 
-/// The default training files: `data/routing/*.jsonl` without holdout sets, sorted.
+/// The default training files: `data/routing/*.jsonl` without holdout sets, then the
+/// training-only sets under `data/routing/contrast/`, each group sorted.
 pub fn default_training_files(dir: &Path) -> Result<Vec<PathBuf>, Failure> {
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| usage(format!("cannot list {}: {e}", dir.display())))?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+    let mut files: Vec<PathBuf> = jsonl_files(dir)?
+        .into_iter()
         .filter(|p| {
             !p.file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with("holdout"))
         })
         .collect();
-    files.sort();
+    files.extend(training_only_files(dir)?);
     Ok(files)
 }
 
@@ -947,16 +1022,20 @@ fn train_command(args: TrainArgs) -> Result<(), Failure> {
         if let Some(e) = errors.first() {
             return Err(usage(format!("{}: {e}", path.display())));
         }
+        let training_only = is_training_only(path);
         for line in parsed {
             let tier = eval::label(&line).map_err(|e| usage(format!("{}: {e}", path.display())))?;
-            lines.push((line, tier));
+            lines.push(((line, tier), training_only));
         }
     }
     let examples: Vec<model::Example> = lines
         .iter()
-        .map(|(line, tier)| model::Example {
-            input: model_input(&line.record),
-            tier: *tier,
+        .map(|(labelled, training_only)| {
+            if *training_only {
+                training_only_example(labelled)
+            } else {
+                example(labelled)
+            }
         })
         .collect();
     let trained = model::train_calibrated(

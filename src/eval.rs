@@ -247,8 +247,13 @@ pub struct SourceReport {
 }
 
 /// The table `triage eval --loso` prints: one row per source, then all sources together, then
-/// the misrouted ids per source.
-pub fn render_loso(rows: &[SourceReport], overall: &Report) -> String {
+/// the training-only sets (each tested by a model trained on everything else), then the
+/// misrouted ids per source.
+pub fn render_loso(
+    rows: &[SourceReport],
+    overall: &Report,
+    training_only: &[SourceReport],
+) -> String {
     let mut s = String::from(
         "leave-one-source-out: each source is tested by a model trained (and calibrated) on all the others\n\n",
     );
@@ -271,6 +276,14 @@ pub fn render_loso(rows: &[SourceReport], overall: &Report) -> String {
         s.push_str(&row(&r.source, &r.report));
     }
     s.push_str(&row("all", overall));
+    if !training_only.is_empty() {
+        s.push_str(
+            "\ntraining-only sets (not sources; each tested by a model trained on everything else):\n",
+        );
+        for r in training_only {
+            s.push_str(&row(&r.source, &r.report));
+        }
+    }
     let worst = rows
         .iter()
         .min_by(|a, b| a.report.accuracy.total_cmp(&b.report.accuracy));
@@ -285,7 +298,11 @@ pub fn render_loso(rows: &[SourceReport], overall: &Report) -> String {
                 * 100.0
         ));
     }
-    for r in rows.iter().filter(|r| !r.report.misrouted.is_empty()) {
+    for r in rows
+        .iter()
+        .chain(training_only)
+        .filter(|r| !r.report.misrouted.is_empty())
+    {
         s.push_str(&format!("\nmisrouted in {}:\n", r.source));
         for o in &r.report.misrouted {
             let severe = matches!(

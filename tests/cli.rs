@@ -335,6 +335,31 @@ fn shipped_model_matches_the_training_data() {
     );
 }
 
+/// `train` without files reads the sources (not holdout sets) and the training-only sets.
+#[test]
+fn default_training_files_are_the_sources_and_the_training_only_sets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for name in ["b.jsonl", "a.jsonl", "holdout.jsonl", "notes.md"] {
+        std::fs::write(dir.path().join(name), "").expect("write");
+    }
+    std::fs::create_dir_all(dir.path().join("contrast")).expect("mkdir");
+    std::fs::create_dir_all(dir.path().join("second-labels")).expect("mkdir");
+    std::fs::write(dir.path().join("contrast/c.jsonl"), "").expect("write");
+    std::fs::write(dir.path().join("second-labels/a.jsonl"), "").expect("write");
+    let files = triage::cli::default_training_files(dir.path())
+        .unwrap_or_else(|f| panic!("{}", f.message()));
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| {
+            f.strip_prefix(dir.path())
+                .expect("inside")
+                .to_string_lossy()
+                .replace('\\', "/")
+        })
+        .collect();
+    assert_eq!(names, ["a.jsonl", "b.jsonl", "contrast/c.jsonl"]);
+}
+
 /// A 48 GB card with the fast and coder models loaded (default sizes: 2 500 + 18 000 MB).
 const CARD: [&str; 6] = [
     "--vram-total-mb",
@@ -493,6 +518,34 @@ fn eval_loso_reports_every_source() {
     assert_eq!(v["sources"].as_array().map(Vec::len), Some(3));
     assert_eq!(v["all"]["total"], 9);
     assert!(v["all"]["ece"].is_number());
+    assert_eq!(v["training_only"].as_array().map(Vec::len), Some(0));
+
+    // Training-only sets join every fold's training and get rows of their own, outside `all`.
+    std::fs::create_dir(dir.path().join("contrast")).expect("mkdir");
+    let contrast: String = [
+        "what does bash mean at a party?",
+        "bash loop over files",
+        "design our bash-based deploy system for 300 hosts",
+    ]
+    .iter()
+    .zip(["fast", "coder", "heavy"])
+    .enumerate()
+    .map(|(i, (p, t))| line(&format!("contrast-{i}"), p, t))
+    .collect();
+    std::fs::write(dir.path().join("contrast/pairs.jsonl"), contrast).expect("write");
+    let o = run(&["eval", "--loso", path, "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = json(&o);
+    assert_eq!(v["sources"].as_array().map(Vec::len), Some(3));
+    assert_eq!(v["all"]["total"], 9);
+    assert_eq!(v["training_only"][0]["source"], "pairs");
+    assert_eq!(v["training_only"][0]["report"]["total"], 3);
+    let text = stdout(&run(&["eval", "--loso", path]));
+    assert!(text.contains("training-only sets"), "{text}");
+    assert!(
+        text.lines().any(|l| l.trim_start().starts_with("pairs")),
+        "{text}"
+    );
 
     let one = tempfile::tempdir().expect("tempdir");
     std::fs::write(one.path().join("only.jsonl"), line("x", "hi", "fast")).expect("write");

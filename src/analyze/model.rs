@@ -288,6 +288,10 @@ pub enum DeltaError {
 pub struct Example<'a> {
     pub input: Input<'a>,
     pub tier: Tier,
+    /// How much the example counts in training against an ordinary one (1): the
+    /// training-only contrast sets count less, so they teach the contrast without
+    /// outweighing the sources' mix of requests.
+    pub weight: f32,
 }
 
 /// Settings of the optimiser. The defaults were chosen by leave-one-source-out evaluation over
@@ -352,10 +356,10 @@ pub fn train_calibrated(
             temperature: 1.0,
         };
         for i in (0..encoded.len()).filter(|&i| fold_of[i] == fold) {
-            logits[i] = model.logits(&encoded[i].0.items);
+            logits[i] = model.logits(&encoded[i].features.items);
         }
     }
-    let labels: Vec<usize> = encoded.iter().map(|e| e.1).collect();
+    let labels: Vec<usize> = encoded.iter().map(|e| e.label).collect();
     let temperature = fit_temperature(&logits, &labels);
     let all: Vec<usize> = (0..encoded.len()).collect();
     Model {
@@ -365,22 +369,29 @@ pub fn train_calibrated(
     }
 }
 
-fn encode(examples: &[Example]) -> Vec<(Features, usize)> {
+fn encode(examples: &[Example]) -> Vec<Encoded> {
     examples
         .iter()
         .map(|e| {
             let signals = signals::read(e.input.prompt, e.input.selection);
-            (features(&e.input, &signals), e.tier.index())
+            Encoded {
+                features: features(&e.input, &signals),
+                label: e.tier.index(),
+                weight: e.weight.clamp(0.0, 1e3),
+            }
         })
         .collect()
 }
 
+/// An example as training sees it.
+struct Encoded {
+    features: Features,
+    label: usize,
+    weight: f32,
+}
+
 /// Fits the weights: the mean of `options.runs` training runs.
-fn fit(
-    encoded: &[(Features, usize)],
-    subset: &[usize],
-    options: TrainOptions,
-) -> Vec<[f32; CLASSES]> {
+fn fit(encoded: &[Encoded], subset: &[usize], options: TrainOptions) -> Vec<[f32; CLASSES]> {
     let runs = options.runs.max(1);
     let mut mean = vec![[0f32; CLASSES]; BUCKETS];
     for run in 0..runs {
@@ -396,7 +407,7 @@ fn fit(
 
 /// One training run; `run` seeds its shuffle and dropout.
 fn fit_once(
-    encoded: &[(Features, usize)],
+    encoded: &[Encoded],
     subset: &[usize],
     options: TrainOptions,
     run: u64,
@@ -411,7 +422,11 @@ fn fit_once(
     for _ in 0..options.epochs {
         shuffle(&mut order, &mut rng);
         for &i in &order {
-            let (example, label) = &encoded[i];
+            let Encoded {
+                features: example,
+                label,
+                weight,
+            } = &encoded[i];
             feats.clear();
             if keep < 1.0 {
                 // Dropping text features at random keeps the model from memorising its
@@ -437,7 +452,7 @@ fn fit_once(
                 let b = b as usize;
                 for c in 0..CLASSES {
                     let target = if c == *label { 1.0 } else { 0.0 };
-                    let g = (p[c] - target) * v + options.l2 * weights[b][c];
+                    let g = weight * (p[c] - target) * v + options.l2 * weights[b][c];
                     grad_sq[b][c] += g * g;
                     weights[b][c] -= options.learning_rate * g / grad_sq[b][c].sqrt();
                 }
@@ -1030,6 +1045,29 @@ mod tests {
     }
 
     #[test]
+    fn an_example_counts_by_its_weight() {
+        let example = |p: &'static str, tier, weight| Example {
+            input: input(p),
+            tier,
+            weight,
+        };
+        let heavy_share = |weight: f32| {
+            let examples = [
+                example("hello there", Tier::Fast, 1.0),
+                example("write a rust function to parse dates", Tier::Coder, 1.0),
+                example("design a globally replicated database", Tier::Heavy, 1.0),
+                // A contradicting example: how far it pulls "hello there" depends on its weight.
+                example("hello there", Tier::Heavy, weight),
+            ];
+            let model = train(&examples, TrainOptions::default(), 0);
+            let p = model.predict(&input("hello there"), &signals::read("hello there", None));
+            p[Tier::Heavy.index()]
+        };
+        let (full, light) = (heavy_share(1.0), heavy_share(0.1));
+        assert!(full > light + 0.1, "full {full}, light {light}");
+    }
+
+    #[test]
     fn damaged_bytes_are_an_error_not_a_panic() {
         assert!(Model::from_static(b"nonsense").is_err());
     }
@@ -1040,14 +1078,17 @@ mod tests {
             Example {
                 input: input("hello there"),
                 tier: Tier::Fast,
+                weight: 1.0,
             },
             Example {
                 input: input("write a rust function to parse dates"),
                 tier: Tier::Coder,
+                weight: 1.0,
             },
             Example {
                 input: input("design a globally replicated database"),
                 tier: Tier::Heavy,
+                weight: 1.0,
             },
         ];
         let model = train(&examples, TrainOptions::default(), 7);
@@ -1129,6 +1170,7 @@ mod tests {
             .map(|(p, t)| Example {
                 input: input(p),
                 tier: *t,
+                weight: 1.0,
             })
             .collect();
         let options = TrainOptions {
@@ -1149,18 +1191,22 @@ mod tests {
             Example {
                 input: input("write a python function that parses dates"),
                 tier: Tier::Coder,
+                weight: 1.0,
             },
             Example {
                 input: input("write a go function that sorts users"),
                 tier: Tier::Coder,
+                weight: 1.0,
             },
             Example {
                 input: input("hello how are you"),
                 tier: Tier::Fast,
+                weight: 1.0,
             },
             Example {
                 input: input("design our billing architecture"),
                 tier: Tier::Heavy,
+                weight: 1.0,
             },
         ];
         let model = train(&examples, TrainOptions::default(), 9);

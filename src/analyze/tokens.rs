@@ -200,8 +200,13 @@ mod tests {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/routing");
         let (mut exact_total, mut estimate_total, mut close, mut texts) =
             (0usize, 0usize, 0usize, 0usize);
-        for entry in std::fs::read_dir(dir).expect("data/routing exists") {
-            let bytes = std::fs::read(entry.expect("entry").path()).expect("readable");
+        let files = [dir.clone(), dir.join("contrast")]
+            .into_iter()
+            .flat_map(|d| std::fs::read_dir(d).expect("data/routing exists"))
+            .map(|entry| entry.expect("entry").path())
+            .filter(|path| path.is_file() && path.extension().is_some_and(|x| x == "jsonl"));
+        for path in files {
+            let bytes = std::fs::read(path).expect("readable");
             let (lines, _) = crate::eval::parse_jsonl(&bytes);
             for line in lines {
                 for text in
